@@ -1,0 +1,342 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+#
+# DiTo: "Diffusion Autoencoders are Scalable Image Tokenizers" (Chen et al., arXiv 2501.18593).
+# Structure adapted from diffusers `models/autoencoders/consistency_decoder_vae.py` (an autoencoder whose decoder is
+# a diffusion UNet) and `autoencoder_kl.py` (the encode/decode API that stock pipelines call).
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, Encoder
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d import UNet2DModel
+from diffusers.schedulers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from diffusers.utils.torch_utils import randn_tensor
+
+from .latent_distribution import DiToLatentDistribution
+
+
+@dataclass
+class AutoencoderDiToEncoderOutput(BaseOutput):
+    r"""
+    Output of [`AutoencoderDiTo.encode`].
+
+    Args:
+        latent_dist (`DiToLatentDistribution`):
+            The deterministic latent, behind the `sample()`/`mode()` interface that stock pipelines use.
+        latents (`torch.Tensor` of shape `(batch_size, latent_channels, height // f, width // f)`):
+            The same latent as a plain tensor.
+    """
+
+    latent_dist: DiToLatentDistribution
+    latents: torch.Tensor
+
+
+def set_flow_match_timesteps(
+    scheduler: SchedulerMixin, num_inference_steps: int, device: torch.device | str | None = None
+) -> None:
+    r"""
+    Put `scheduler` on DiTo's sampling grid.
+
+    The paper integrates the ODE with Euler steps on the uniform grid t = 1, 1 - 1/N, ..., 1/N, 0. diffusers'
+    default flow-match grid ends at σ_min = 1/num_train_timesteps instead of 1/N, so schedulers that accept
+    explicit `sigmas` get the uniform grid (any `shift` configured on the scheduler still applies to it). Schedulers
+    without that argument (e.g. `FlowMatchHeunDiscreteScheduler`) keep their own grid.
+    """
+    if "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]  # the scheduler appends the final 0
+        scheduler.set_timesteps(sigmas=sigmas, device=device)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+
+
+class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin):
+    r"""
+    A DiTo diffusion autoencoder: an SD-VAE-style convolutional encoder whose layer-normalised output is decoded by
+    a flow-matching diffusion UNet conditioned on the nearest-upsampled latent.
+
+    The decoder predicts the velocity v = ε − x of the path x_t = (1 − t)·x + t·ε, which is exactly what diffusers'
+    flow-match schedulers step with, so decoding is a stock `FlowMatchEulerDiscreteScheduler` loop.
+
+    This model inherits from [`ModelMixin`]; check the superclass documentation for the generic methods (loading,
+    saving, device placement). Its `encode`/`decode` follow [`AutoencoderKL`], so it works as `vae=` in stock
+    diffusers pipelines.
+
+    Args:
+        in_channels (`int`, *optional*, defaults to 3): Number of channels of the input image.
+        out_channels (`int`, *optional*, defaults to 3): Number of channels of the decoded image.
+        latent_channels (`int`, *optional*, defaults to 4): Number of channels of the latent tokens.
+        block_out_channels (`tuple[int, ...]`, *optional*, defaults to `(128, 256, 512, 512)`):
+            Encoder widths, one per level. The down-sampling factor is `2 ** (len(block_out_channels) - 1)`.
+        encoder_layers_per_block (`int`, *optional*, defaults to 2): ResNet layers per encoder level.
+        encoder_norm_num_groups (`int`, *optional*, defaults to 32): GroupNorm groups in the encoder.
+        encoder_act_fn (`str`, *optional*, defaults to `"silu"`): Encoder activation.
+        encoder_mid_block_add_attention (`bool`, *optional*, defaults to `True`):
+            Whether the encoder's middle block has self-attention (as in the SD-VAE).
+        decoder_block_out_channels (`tuple[int, ...]`, *optional*, defaults to `(128, 256, 512, 512)`):
+            Decoder UNet widths (c0, c1, c2, c2). DiTo-B/L/XL use 128/256/512, 192/384/768 and 320/640/1024.
+        decoder_layers_per_block (`int`, *optional*, defaults to 3): ResNet layers per decoder down level.
+        decoder_norm_num_groups (`int`, *optional*, defaults to 32): GroupNorm groups in the decoder.
+        decoder_time_embedding_dim (`int`, *optional*, defaults to 1280):
+            Width of the time embedding (the consistency decoder uses 1280); `None` means `4 * c0`.
+        decoder_add_attention (`bool`, *optional*, defaults to `False`): Attention in the decoder's mid block.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6): Epsilon of the latent layer norm.
+        num_inference_steps (`int`, *optional*, defaults to 50):
+            Default number of ODE steps of `decode` (the paper uses 50 Euler steps).
+        scaling_factor (`float`, *optional*, defaults to 1.0):
+            The latent is already zero-mean and unit-variance, so pipelines need no rescaling.
+        shift_factor (`float`, *optional*, defaults to 0.0): Likewise, no shift.
+        force_upcast (`bool`, *optional*, defaults to `False`): DiTo runs in half precision as it is.
+
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_dito import AutoencoderDiTo, DITO_PRESETS
+
+        >>> vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
+        >>> x = torch.rand(1, 3, 32, 32) * 2 - 1
+        >>> z = vae.encode(x).latents
+        >>> z.shape
+        torch.Size([1, 4, 4, 4])
+        >>> vae.decode(z, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).sample.shape
+        torch.Size([1, 3, 32, 32])
+        ```
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        latent_channels: int = 4,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        encoder_layers_per_block: int = 2,
+        encoder_norm_num_groups: int = 32,
+        encoder_act_fn: str = "silu",
+        encoder_mid_block_add_attention: bool = True,
+        decoder_block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        decoder_layers_per_block: int = 3,
+        decoder_norm_num_groups: int = 32,
+        decoder_time_embedding_dim: int | None = 1280,
+        decoder_add_attention: bool = False,
+        layer_norm_eps: float = 1e-6,
+        num_inference_steps: int = 50,
+        scaling_factor: float = 1.0,
+        shift_factor: float = 0.0,
+        force_upcast: bool = False,
+    ):
+        super().__init__()
+        downsample_factor = 2 ** (len(block_out_channels) - 1)
+        decoder_factor = 2 ** (len(decoder_block_out_channels) - 1)
+        if downsample_factor % decoder_factor != 0:
+            raise ValueError(
+                f"The decoder UNet down-samples by {decoder_factor}, which must divide the encoder's factor "
+                f"{downsample_factor}; use at most {len(block_out_channels)} `decoder_block_out_channels`."
+            )
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
+
+        self.encoder = Encoder(
+            in_channels=in_channels,
+            out_channels=latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=encoder_layers_per_block,
+            norm_num_groups=encoder_norm_num_groups,
+            act_fn=encoder_act_fn,
+            double_z=False,  # deterministic latent: no log-variance channels
+            mid_block_add_attention=encoder_mid_block_add_attention,
+        )
+        # The consistency-decoder UNet layout: ResNet-only down/up blocks with scale-shift time conditioning.
+        self.decoder_unet = UNet2DModel(
+            in_channels=out_channels + latent_channels,  # noisy image ++ nearest-upsampled latent
+            out_channels=out_channels,
+            block_out_channels=tuple(decoder_block_out_channels),
+            down_block_types=("ResnetDownsampleBlock2D",) * len(decoder_block_out_channels),
+            up_block_types=("ResnetUpsampleBlock2D",) * len(decoder_block_out_channels),
+            layers_per_block=decoder_layers_per_block,
+            norm_num_groups=decoder_norm_num_groups,
+            time_embedding_type="positional",
+            time_embedding_dim=decoder_time_embedding_dim,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            resnet_time_scale_shift="scale_shift",
+            add_attention=decoder_add_attention,
+        )
+        # Not saved with the weights: any diffusers FlowMatch* scheduler may be swapped in (`vae.scheduler = ...`).
+        self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+        self.use_slicing = False
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial down-sampling factor f of the encoder (8 for f8c4)."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ validation
+    def _check_images(self, x: torch.Tensor) -> None:
+        f, c = self.downsample_factor, self.config.in_channels
+        expected = f"a 4-D floating-point tensor of shape (batch, {c}, H, W) with H and W positive multiples of {f}"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"Expected {expected}, got {type(x).__name__}.")
+        if x.ndim != 4 or not x.is_floating_point() or x.shape[1] != c:
+            raise ValueError(f"Expected {expected}, got shape {tuple(x.shape)} and dtype {x.dtype}.")
+        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0 or x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"Expected {expected}, got shape {tuple(x.shape)}.")
+
+    def _check_latents(self, z: torch.Tensor) -> None:
+        c = self.config.latent_channels
+        expected = f"a 4-D floating-point latent tensor of shape (batch, {c}, h, w) with batch, h, w >= 1"
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"Expected {expected}, got {type(z).__name__}.")
+        if z.ndim != 4 or not z.is_floating_point() or z.shape[1] != c or 0 in z.shape:
+            raise ValueError(f"Expected {expected}, got shape {tuple(z.shape)} and dtype {z.dtype}.")
+
+    @staticmethod
+    def _check_steps(num_inference_steps: int) -> None:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps}.")
+
+    # ------------------------------------------------------------------ encoder
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x.to(self.encoder.conv_in.weight.dtype))  # (B, 3, H, W) -> (B, C, H/f, W/f)
+        # DiTo's latent layer norm: statistics over each sample's whole (C, h, w) tensor, no affine parameters, so
+        # the latent is zero-mean/unit-variance at any resolution. Computed in fp32 for half-precision models.
+        return F.layer_norm(h.float(), h.shape[1:], eps=self.config.layer_norm_eps).to(h.dtype)
+
+    @apply_forward_hook
+    def encode(
+        self, x: torch.Tensor, return_dict: bool = True
+    ) -> AutoencoderDiToEncoderOutput | tuple[DiToLatentDistribution]:
+        r"""
+        Encode a batch of images in [-1, 1] into layer-normalised latents.
+
+        Args:
+            x (`torch.Tensor` of shape `(batch_size, in_channels, height, width)`):
+                Images; height and width must be multiples of the down-sampling factor.
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Whether to return an [`AutoencoderDiToEncoderOutput`] instead of a tuple.
+
+        Returns:
+            [`AutoencoderDiToEncoderOutput`] or `tuple`: the latent (`.latents`) and its `.latent_dist` wrapper.
+        """
+        self._check_images(x)
+        if self.use_slicing and x.shape[0] > 1:
+            z = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
+        else:
+            z = self._encode(x)
+        dist = DiToLatentDistribution(z)
+        if not return_dict:
+            return (dist,)
+        return AutoencoderDiToEncoderOutput(latent_dist=dist, latents=z)
+
+    # ------------------------------------------------------------------ decoder
+    def upsample_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest-neighbour up-sampling of the latent to image size: the decoder's conditioning."""
+        return F.interpolate(z, scale_factor=self.downsample_factor, mode="nearest")  # (B,C,h,w) -> (B,C,h*f,w*f)
+
+    def predict_velocity(
+        self, noisy_sample: torch.Tensor, timestep: torch.Tensor | float, conditioning: torch.Tensor
+    ) -> torch.Tensor:
+        r"""
+        One decoder evaluation: the velocity v = ε − x at `noisy_sample`.
+
+        Args:
+            noisy_sample (`torch.Tensor` of shape `(B, out_channels, H, W)`): x_t = (1 − t)·x + t·ε.
+            timestep (`torch.Tensor` or `float`): t·1000 (diffusers' flow-match timestep), scalar or shape `(B,)`.
+            conditioning (`torch.Tensor` of shape `(B, latent_channels, H, W)`): `upsample_latents(z)`.
+        """
+        model_input = torch.cat([noisy_sample, conditioning], dim=1)  # (B, out_channels + latent_channels, H, W)
+        return self.decoder_unet(model_input, timestep).sample  # (B, out_channels, H, W)
+
+    def _decode(
+        self, z: torch.Tensor, noise: torch.Tensor, num_inference_steps: int, scheduler: SchedulerMixin
+    ) -> torch.Tensor:
+        conditioning = self.upsample_latents(z)  # once, not per step
+        set_flow_match_timesteps(scheduler, num_inference_steps, device=z.device)
+        sample = noise
+        for t in scheduler.timesteps:
+            velocity = self.predict_velocity(sample, t, conditioning)
+            sample = scheduler.step(velocity, t, sample, return_dict=False)[0]
+        return sample.clamp(-1, 1)
+
+    @apply_forward_hook
+    def decode(
+        self,
+        z: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+        num_inference_steps: int | None = None,
+        scheduler: SchedulerMixin | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""
+        Decode latents by integrating the flow-matching ODE from pure noise (t = 1) to the image (t = 0).
+
+        Args:
+            z (`torch.Tensor` of shape `(batch_size, latent_channels, h, w)`): Latents from `encode`.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Generator(s) for the initial noise; a list gives one per image.
+            return_dict (`bool`, *optional*, defaults to `True`): Return a [`DecoderOutput`] instead of a tuple.
+            num_inference_steps (`int`, *optional*): ODE steps; defaults to `config.num_inference_steps`.
+            scheduler (`SchedulerMixin`, *optional*): A diffusers `FlowMatch*` scheduler; defaults to
+                `self.scheduler` (Euler on the paper's uniform grid).
+
+        Returns:
+            [`DecoderOutput`] or `tuple`: images of shape `(batch_size, out_channels, h * f, w * f)` in [-1, 1].
+        """
+        self._check_latents(z)
+        num_inference_steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        self._check_steps(num_inference_steps)
+        scheduler = self.scheduler if scheduler is None else scheduler
+
+        z = z.to(self.decoder_unet.conv_in.weight.dtype)
+        batch_size, _, h, w = z.shape
+        f = self.downsample_factor
+        # Draw all the noise up front, so that slicing does not change which noise each image gets.
+        noise = randn_tensor(
+            (batch_size, self.config.out_channels, h * f, w * f), generator=generator, device=z.device, dtype=z.dtype
+        )
+        if self.use_slicing and batch_size > 1:
+            sample = torch.cat(
+                [
+                    self._decode(z_i, n_i, num_inference_steps, scheduler)
+                    for z_i, n_i in zip(z.split(1), noise.split(1))
+                ]
+            )
+        else:
+            sample = self._decode(z, noise, num_inference_steps, scheduler)
+
+        if not return_dict:
+            return (sample,)
+        return DecoderOutput(sample=sample)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""
+        Reconstruct `sample`: encode, then decode with `num_inference_steps` ODE steps.
+
+        Args:
+            sample (`torch.Tensor` of shape `(batch_size, in_channels, height, width)`): Images in [-1, 1].
+            sample_posterior (`bool`, *optional*, defaults to `False`): Accepted for `AutoencoderKL`
+                compatibility; DiTo's latent is deterministic, so it changes nothing.
+            return_dict (`bool`, *optional*, defaults to `True`): Return a [`DecoderOutput`] instead of a tuple.
+            generator (`torch.Generator`, *optional*): Generator(s) for the decoder's initial noise.
+            num_inference_steps (`int`, *optional*): ODE steps; defaults to `config.num_inference_steps`.
+        """
+        z = self.encode(sample).latents
+        return self.decode(z, generator=generator, return_dict=return_dict, num_inference_steps=num_inference_steps)

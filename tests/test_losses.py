@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from diffusers_dito import AutoencoderDiTo, dito_flow_matching_loss
+
+
+@pytest.fixture
+def vae(tiny_config):
+    torch.manual_seed(0)
+    return AutoencoderDiTo(**tiny_config())
+
+
+def batch(n=64):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_noise_sync_p1_draws_t_above_tau(vae):
+    out = dito_flow_matching_loss(vae, batch(), noise_sync_prob=1.0, generator=torch.Generator().manual_seed(0))
+    assert out.noise_synced.all()
+    assert (out.tau > 0).all() and (out.tau < 1).all()
+    assert (out.t >= out.tau).all() and (out.t <= 1).all()
+
+
+def test_noise_sync_p0_never_noises_the_latent(vae, monkeypatch):
+    seen = {}
+    original = vae.upsample_latents
+
+    def spy(z):
+        seen["z"] = z
+        return original(z)
+
+    monkeypatch.setattr(vae, "upsample_latents", spy)
+    x = batch()
+    out = dito_flow_matching_loss(vae, x, noise_sync_prob=0.0, generator=torch.Generator().manual_seed(0))
+    assert not out.noise_synced.any() and (out.tau == 0).all()
+    assert torch.equal(seen["z"], vae.encode(x).latents)
+    assert out.t.min() < 0.1 and out.t.max() > 0.9  # t ~ U[0, 1]
+
+
+def test_noise_sync_reaches_the_decoder_input(vae, monkeypatch):
+    seen = {}
+    original = vae.upsample_latents
+
+    def spy(z):
+        seen["z"] = z
+        return original(z)
+
+    monkeypatch.setattr(vae, "upsample_latents", spy)
+    x = batch()
+    out = dito_flow_matching_loss(vae, x, noise_sync_prob=1.0, generator=torch.Generator().manual_seed(0))
+    clean = vae.encode(x).latents
+    diff = (seen["z"] - clean).flatten(1).norm(dim=1)
+    assert (diff > 0).all()
+    # Heavier noise moves the latent further: correlation between τ and the change.
+    assert torch.corrcoef(torch.stack([diff, out.tau]))[0, 1] > 0.8
+
+
+def test_loss_is_per_sample_mse_against_eps_minus_x(vae):
+    x = batch(4)
+    g = torch.Generator().manual_seed(5)
+    out = dito_flow_matching_loss(vae, x, generator=g)
+    # Recompute from the same random stream: (3, B) uniforms, latent noise, image noise.
+    g = torch.Generator().manual_seed(5)
+    u = torch.rand(3, 4, generator=g)
+    z = vae.encode(x).latents
+    torch.randn(z.shape, generator=g)
+    eps = torch.randn(x.shape, generator=g)
+    t = u[2].view(-1, 1, 1, 1)
+    pred = vae.predict_velocity((1 - t) * x + t * eps, u[2] * 1000, vae.upsample_latents(z))
+    expected = (pred - (eps - x)).pow(2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(out.per_sample_loss, expected)
+    torch.testing.assert_close(out.loss, expected.mean())
+    out.loss.backward()
+    assert vae.encoder.conv_in.weight.grad.abs().sum() > 0  # trained jointly through the encoder
+
+
+def test_rejects_bad_probability(vae):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        dito_flow_matching_loss(vae, batch(2), noise_sync_prob=1.5)
