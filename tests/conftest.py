@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 # No test may reach a model hub: everything is built or written locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# `trust_remote_code` loading copies the folder's pipeline.py into the modules cache: keep it out of ~/.cache.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="dito-hf-modules-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

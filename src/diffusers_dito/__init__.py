@@ -1,15 +1,27 @@
 """diffusers-dito: DiTo diffusion autoencoders as native diffusers models."""
 
 from .losses import DiToLossOutput, dito_flow_matching_loss
-from .models import DITO_PRESETS, AutoencoderDiTo, AutoencoderDiToEncoderOutput, DiToLatentDistribution
+from .models import (
+    DIT_PRESETS,
+    DITO_PRESETS,
+    AutoencoderDiTo,
+    AutoencoderDiToEncoderOutput,
+    DiToDiTTransformer2DModel,
+    DiToLatentDistribution,
+)
+from .pipelines import DiToDiTPipeline, DiToPipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoencoderDiTo",
     "AutoencoderDiToEncoderOutput",
+    "DiToDiTPipeline",
+    "DiToDiTTransformer2DModel",
     "DiToLatentDistribution",
-    "DITO_PRESETS",
     "DiToLossOutput",
+    "DiToPipeline",
+    "DIT_PRESETS",
+    "DITO_PRESETS",
     "dito_flow_matching_loss",
 ]

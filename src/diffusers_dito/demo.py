@@ -91,10 +91,14 @@ def main(args) -> dict:
         "seconds": round(time.time() - start, 1),
     }
     grid = np.concatenate([np.concatenate([to_uint8(a), to_uint8(b)], axis=1) for a, b in zip(held_out, rec)], 0)
-    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(out / "reconstruction.png")
+    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(
+        out / "reconstruction.png"
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     vae.save_pretrained(out / "vae")
-    print(f"held-out PSNR {metrics['held_out_psnr_db']:.2f} dB; wrote {out / 'reconstruction.png'}, metrics.json, vae/")
+    print(
+        f"held-out PSNR {metrics['held_out_psnr_db']:.2f} dB; wrote {out / 'reconstruction.png'}, metrics.json, vae/"
+    )
     return metrics
 
 

@@ -66,6 +66,7 @@ def dito_flow_matching_loss(
         >>> out = dito_flow_matching_loss(vae, torch.rand(2, 3, 32, 32) * 2 - 1, noise_sync_prob=0.1)
         >>> out.per_sample_loss.shape
         torch.Size([2])
+
         ```
     """
     if not 0.0 <= noise_sync_prob <= 1.0:

@@ -106,6 +106,7 @@ class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixi
         torch.Size([1, 4, 4, 4])
         >>> vae.decode(z, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).sample.shape
         torch.Size([1, 3, 32, 32])
+
         ```
     """
 
@@ -181,7 +182,8 @@ class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixi
         return 2 ** (len(self.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ validation
-    def _check_images(self, x: torch.Tensor) -> None:
+    def check_images(self, x: torch.Tensor) -> None:
+        """Raise a `TypeError`/`ValueError` stating the expected shape unless `x` is a valid `encode` input."""
         f, c = self.downsample_factor, self.config.in_channels
         expected = f"a 4-D floating-point tensor of shape (batch, {c}, H, W) with H and W positive multiples of {f}"
         if not isinstance(x, torch.Tensor):
@@ -191,7 +193,8 @@ class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixi
         if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0 or x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"Expected {expected}, got shape {tuple(x.shape)}.")
 
-    def _check_latents(self, z: torch.Tensor) -> None:
+    def check_latents(self, z: torch.Tensor) -> None:
+        """Raise a `TypeError`/`ValueError` stating the expected shape unless `z` is a valid `decode` input."""
         c = self.config.latent_channels
         expected = f"a 4-D floating-point latent tensor of shape (batch, {c}, h, w) with batch, h, w >= 1"
         if not isinstance(z, torch.Tensor):
@@ -200,7 +203,8 @@ class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixi
             raise ValueError(f"Expected {expected}, got shape {tuple(z.shape)} and dtype {z.dtype}.")
 
     @staticmethod
-    def _check_steps(num_inference_steps: int) -> None:
+    def check_steps(num_inference_steps: int) -> None:
+        """Raise unless `num_inference_steps` is an int >= 1."""
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise TypeError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
         if num_inference_steps < 1:
@@ -229,7 +233,7 @@ class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixi
         Returns:
             [`AutoencoderDiToEncoderOutput`] or `tuple`: the latent (`.latents`) and its `.latent_dist` wrapper.
         """
-        self._check_images(x)
+        self.check_images(x)
         if self.use_slicing and x.shape[0] > 1:
             z = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
         else:
@@ -293,9 +297,9 @@ class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixi
         Returns:
             [`DecoderOutput`] or `tuple`: images of shape `(batch_size, out_channels, h * f, w * f)` in [-1, 1].
         """
-        self._check_latents(z)
+        self.check_latents(z)
         num_inference_steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        self._check_steps(num_inference_steps)
+        self.check_steps(num_inference_steps)
         scheduler = self.scheduler if scheduler is None else scheduler
 
         z = z.to(self.decoder_unet.conv_in.weight.dtype)

@@ -24,6 +24,7 @@ class DiToLatentDistribution:
         >>> dist = DiToLatentDistribution(torch.zeros(1, 4, 2, 2))
         >>> torch.equal(dist.sample(generator=torch.Generator().manual_seed(0)), dist.mode())
         True
+
         ```
     """
 

@@ -1,0 +1,234 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+# Structure adapted from diffusers `pipelines/dit/pipeline_dit.py`.
+from collections.abc import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.autoencoder_dito import AutoencoderDiTo, set_flow_match_timesteps
+from .loading import DiToPipelineLoadingMixin
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import numpy as np
+        >>> import PIL.Image
+        >>> import torch
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
+
+        >>> vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
+        >>> pipe = DiToPipeline(vae, FlowMatchEulerDiscreteScheduler())
+        >>> image = PIL.Image.fromarray(np.zeros((37, 53, 3), dtype=np.uint8))  # any size: padded, then cropped
+        >>> out = pipe(image, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+        >>> out.images[0].size
+        (53, 37)
+
+        ```
+"""
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) on the bottom/right up to multiples of `multiple`, by reflection where the image allows."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    # Reflection needs the pad to be smaller than the side; tiny images fall back to edge replication.
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)  # (B, C, H + pad_h, W + pad_w)
+
+
+class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
+    r"""
+    Reconstruction with a DiTo autoencoder: encode images to latent tokens, then decode them by integrating the
+    flow-matching ODE with `scheduler`.
+
+    Images of any size work: they are padded (by reflection) to multiples of the down-sampling factor, and the
+    reconstruction is cropped back to the input size.
+
+    Args:
+        vae ([`AutoencoderDiTo`]): The DiTo autoencoder.
+        scheduler ([`SchedulerMixin`]): A diffusers `FlowMatch*` scheduler, e.g. `FlowMatchEulerDiscreteScheduler`.
+    """
+
+    model_cpu_offload_seq = "vae"
+    _callback_tensor_inputs = ["sample"]
+
+    def __init__(self, vae: AutoencoderDiTo, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(vae=vae, scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
+
+    # ------------------------------------------------------------------ inputs
+    def _preprocess(self, image) -> torch.Tensor:
+        valid = (PIL.Image.Image, np.ndarray, torch.Tensor)
+        items = image if isinstance(image, list) else [image]
+        if len(items) == 0 or not all(isinstance(i, valid) for i in items):
+            raise TypeError(
+                "`image` must be a PIL image, a numpy array, a torch tensor, or a list of them (diffusers "
+                f"`VaeImageProcessor` conventions), got {type(image).__name__}."
+            )
+        if isinstance(image, list) or isinstance(image, PIL.Image.Image):
+            items = [i.convert("RGB") if isinstance(i, PIL.Image.Image) else i for i in items]  # L, RGBA, P, CMYK
+            image = items if isinstance(image, list) else items[0]
+        sizes = {i.size if isinstance(i, PIL.Image.Image) else None for i in items}
+        if len(sizes) > 1:
+            raise ValueError(f"All images in a batch must have the same size, got sizes {sorted(sizes)}.")
+        if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim not in (2, 3, 4):
+            raise ValueError(f"Array images must be (H, W), (H, W, C), or (B, ...) arrays, got shape {image.shape}.")
+        try:
+            x = self.image_processor.preprocess(image)  # (B, C, H, W) in [-1, 1]
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise ValueError(f"Could not read `image` as an image batch: {err}") from err
+        if x.shape[1] == 1:
+            x = x.expand(-1, self.vae.config.in_channels, -1, -1)  # grayscale -> RGB
+        if x.shape[1] != self.vae.config.in_channels:
+            raise ValueError(
+                f"`image` must have {self.vae.config.in_channels} channels (or 1, grayscale); got shape "
+                f"{tuple(x.shape)} after preprocessing (channels-first for tensors, channels-last for arrays)."
+            )
+        return x
+
+    def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def _unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+
+    @torch.no_grad()
+    def encode(self, image) -> torch.Tensor:
+        r"""
+        Encode images to latents, scaled by the VAE's `scaling_factor`/`shift_factor` (identity for DiTo's default).
+
+        Args:
+            image: a PIL image, a numpy array or torch tensor in [0, 1] (diffusers' convention), or a list of them.
+                Any size.
+
+        Returns:
+            `torch.Tensor` of shape `(B, latent_channels, ceil(H / f), ceil(W / f))`.
+        """
+        x = self._preprocess(image)
+        x = pad_to_multiple(x, self.vae_scale_factor).to(device=self._execution_device, dtype=self.vae.dtype)
+        return self._scale_latents(self.vae.encode(x).latents)
+
+    # ------------------------------------------------------------------ decoding loop
+    def _integrate(self, conditioning, sample, num_inference_steps, callback_on_step_end, tensor_inputs, progress):
+        set_flow_match_timesteps(self.scheduler, num_inference_steps, device=sample.device)
+        for i, t in enumerate(self.scheduler.timesteps):
+            velocity = self.vae.predict_velocity(sample, t, conditioning)  # (B, 3, H, W)
+            sample = self.scheduler.step(velocity, t, sample, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                callback_kwargs = {name: {"sample": sample}[name] for name in tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                sample = callback_outputs.pop("sample", sample)
+            progress.update()
+        return sample
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
+        latents: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("sample",),
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Reconstruct `image`, or decode `latents`.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
+                Images to reconstruct, following `VaeImageProcessor` conventions. Any size.
+            latents (`torch.Tensor` of shape `(B, latent_channels, h, w)`, *optional*):
+                Latents from [`~DiToPipeline.encode`] to decode instead of `image`.
+            num_inference_steps (`int`, *optional*): ODE steps; defaults to `vae.config.num_inference_steps`.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Generator(s) for the decoder's initial noise; a list gives each image its own seed.
+            height (`int`, *optional*), width (`int`, *optional*):
+                With `latents`, crop the decoded images to this size (the size of the original images).
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (encode
+                only).
+            return_dict (`bool`, *optional*, defaults to `True`): Return an [`ImagePipelineOutput`].
+            callback_on_step_end (`Callable`, *optional*):
+                Called as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` after every ODE step; may
+                return a dict with a replacement `"sample"`.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): Tensors passed in `callback_kwargs`.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`.
+        """
+        if (image is None) == (latents is None):
+            raise ValueError("Pass exactly one of `image` (to reconstruct) or `latents` (to decode).")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        num_inference_steps = (
+            self.vae.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        )
+        self.vae.check_steps(num_inference_steps)
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}.")
+        device = self._execution_device
+
+        if image is not None:
+            x = self._preprocess(image)
+            height, width = x.shape[-2:]
+            x = pad_to_multiple(x, self.vae_scale_factor).to(device=device, dtype=self.vae.dtype)
+            z = self.vae.encode(x).latents  # (B, C, H'/f, W'/f)
+        else:
+            self.vae.check_latents(latents)
+            z = self._unscale_latents(latents.to(device=device, dtype=self.vae.dtype))
+
+        if output_type == "latent":
+            images = self._scale_latents(z)
+        else:
+            batch_size, _, h, w = z.shape
+            f = self.vae_scale_factor
+            if isinstance(generator, list) and len(generator) != batch_size:
+                raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images.")
+            # All noise up front, so that `vae.enable_slicing()` does not change any image.
+            noise = randn_tensor(
+                (batch_size, self.vae.config.out_channels, h * f, w * f),
+                generator=generator,
+                device=device,
+                dtype=z.dtype,
+            )
+            slices = list(zip(z.split(1), noise.split(1))) if self.vae.use_slicing else [(z, noise)]
+            set_flow_match_timesteps(self.scheduler, num_inference_steps, device=device)
+            with self.progress_bar(total=len(self.scheduler.timesteps) * len(slices)) as progress:
+                samples = [
+                    self._integrate(
+                        self.vae.upsample_latents(z_i),
+                        noise_i,
+                        num_inference_steps,
+                        callback_on_step_end,
+                        callback_on_step_end_tensor_inputs,
+                        progress,
+                    )
+                    for z_i, noise_i in slices
+                ]
+            sample = torch.cat(samples).clamp(-1, 1)[:, :, : height or h * f, : width or w * f]  # crop the padding
+            images = self.image_processor.postprocess(sample, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+DiToPipeline.__call__.__doc__ += EXAMPLE_DOC_STRING

@@ -1,0 +1,125 @@
+"""Every loading path of a saved DiTo pipeline returns the right class with identical weights."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+
+from diffusers_dito import (
+    DIT_PRESETS,
+    AutoencoderDiTo,
+    DiToDiTPipeline,
+    DiToDiTTransformer2DModel,
+    DiToPipeline,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def build(kind, tiny_config):
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_config())
+    if kind == "dito":
+        return DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    transformer = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
+    return DiToDiTPipeline(transformer, vae, FlowMatchEulerDiscreteScheduler(), id2label={0: "cat", 1: "dog"})
+
+
+def assert_same_weights(a, b):
+    for name in ("vae", "transformer"):
+        if hasattr(a, name):
+            sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+            assert sa.keys() == sb.keys()
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+
+
+@pytest.fixture(params=["dito", "dito_dit"])
+def saved(request, tiny_config, tmp_path):
+    pipe = build(request.param, tiny_config)
+    pipe.save_pretrained(tmp_path / "pipe")
+    return request.param, pipe, tmp_path / "pipe"
+
+
+def test_folder_layout_and_model_index(saved):
+    kind, pipe, folder = saved
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", type(pipe).__name__]
+    assert index["vae"] == ["diffusers_dito.models.autoencoder_dito", "AutoencoderDiTo"]
+    assert (folder / "vae" / "diffusion_pytorch_model.safetensors").exists()
+    assert "from diffusers_dito import" in (folder / "pipeline.py").read_text()
+    card = (folder / "README.md").read_text()
+    assert "Usage" in card and "latent_channels" in card and f"{type(pipe).__name__}.from_pretrained" in card
+
+
+def test_own_class_from_pretrained_needs_no_remote_code(saved):
+    kind, pipe, folder = saved
+    cls = type(pipe)
+    loaded = cls.from_pretrained(folder)  # no trust_remote_code
+    assert type(loaded) is cls
+    assert_same_weights(pipe, loaded)
+    if kind == "dito_dit":
+        assert loaded.get_label_ids(["dog"]) == [1]
+
+
+def test_diffusion_pipeline_without_trust_remote_code_says_how(saved):
+    _, _, folder = saved
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_vae_subfolder(saved):
+    _, pipe, folder = saved
+    vae = AutoencoderDiTo.from_pretrained(folder, subfolder="vae")
+    sa, sb = pipe.vae.state_dict(), vae.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_custom_pipeline_entry_point(saved, monkeypatch):
+    kind, pipe, folder = saved
+    # A folder's own shim takes precedence over `custom_pipeline` in diffusers; remove it to exercise the entry point.
+    (folder / "pipeline.py").unlink()
+    monkeypatch.chdir(REPO_ROOT)
+    # diffusers caches every local `pipeline.py` under one module name and re-executes a new file into it, so a
+    # process that loaded the other entry point would see both classes. Start from a clean module, as a user does.
+    monkeypatch.delitem(sys.modules, "diffusers_modules.local.pipeline", raising=False)
+    loaded = DiffusionPipeline.from_pretrained(folder, custom_pipeline=f"pipelines/{kind}", trust_remote_code=True)
+    assert type(loaded).__name__ == type(pipe).__name__
+    assert_same_weights(pipe, loaded)
+
+
+FRESH_PROCESS = """
+import sys, torch
+from diffusers import DiffusionPipeline
+assert "diffusers_dito" not in sys.modules
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+print(type(pipe).__module__, type(pipe).__name__)
+torch.save({k: v for name in ("vae", "transformer") if hasattr(pipe, name)
+            for k, v in ((name + "." + k, v) for k, v in getattr(pipe, name).state_dict().items())}, sys.argv[2])
+"""
+
+
+def test_fresh_process_trust_remote_code(saved, tmp_path):
+    kind, pipe, folder = saved
+    out = tmp_path / "state.pt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == type(pipe).__name__
+    state = torch.load(out)
+    for name in ("vae", "transformer"):
+        if hasattr(pipe, name):
+            for k, v in getattr(pipe, name).state_dict().items():
+                assert torch.equal(state[f"{name}.{k}"], v), k
