@@ -1,0 +1,143 @@
+"""Decode-time benchmark for AutoencoderDiTo.
+
+Reports, all measured side by side in one run:
+- decode time per image against the number of ODE steps;
+- pipeline overhead: `DiToPipeline(latents=...)` time over N × one raw decoder-UNet forward (target <= 1.05);
+- DiTo decode over an `AutoencoderKL` decode whose decoder has a comparable parameter count;
+- bf16 autocast over fp32, and channels_last over contiguous.
+
+    python benchmarks/bench_decode.py --preset dito-tiny --resolution 64 --steps 1 2 4 8 --json out/decode.json
+"""
+
+import argparse
+import copy
+import math
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+from common import interleaved_medians, machine_info, markdown_table, write_json
+from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="dito-tiny", choices=sorted(DITO_PRESETS))
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--compare_steps", type=int, default=None, help="Steps for the KL/bf16/channels_last comparisons (config)."
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None, help="Write the results here as JSON.")
+    return parser.parse_args(argv)
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def comparable_kl(decoder_params: int, latent_channels: int) -> AutoencoderKL:
+    """The SD-VAE layout (widths k, 2k, 4k, 4k) with the width whose decoder is closest to `decoder_params`."""
+
+    def build(k):
+        return AutoencoderKL(
+            block_out_channels=(k, 2 * k, 4 * k, 4 * k),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=latent_channels,
+            layers_per_block=2,
+            norm_num_groups=math.gcd(32, k),
+        )
+
+    widths = [8 * i for i in range(1, 33)]
+    with torch.device("meta"):
+        sizes = {k: count(build(k).decoder) for k in widths}
+    best = min(widths, key=lambda k: abs(sizes[k] - decoder_params))
+    return build(best)
+
+
+def main(args) -> dict:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo.from_config(DITO_PRESETS[args.preset]).to(device).eval()
+    pipe = DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    f, c = vae.downsample_factor, vae.config.latent_channels
+    side = args.resolution // f
+    z = torch.randn(args.batch_size, c, side, side, device=device)
+    x_t = torch.randn(args.batch_size, 3, side * f, side * f, device=device)
+    cond = vae.upsample_latents(z)
+    t = torch.tensor(500.0, device=device)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def raw_forward():
+        with torch.no_grad():
+            vae.predict_velocity(x_t, t, cond)
+
+    def pipe_decode(n):
+        return lambda: pipe(latents=z, num_inference_steps=n, generator=gen, output_type="pt")
+
+    fns = {"unet_forward": raw_forward, **{f"pipe_{n}": pipe_decode(n) for n in args.steps}}
+    times = interleaved_medians(fns, device, args.repeats)
+    rows = []
+    for n in args.steps:
+        rows.append(
+            {
+                "steps": n,
+                "decode_s_per_image": times[f"pipe_{n}"] / args.batch_size,
+                "overhead_vs_N_unet_forwards": times[f"pipe_{n}"] / (n * times["unet_forward"]),
+            }
+        )
+
+    # DiTo vs a deterministic AutoencoderKL decoder of comparable size, at the config's default step count.
+    kl = comparable_kl(count(vae.decoder_unet), c).to(device).eval()
+    n_default = args.compare_steps or vae.config.num_inference_steps
+
+    def kl_decode():
+        with torch.no_grad():
+            kl.decode(z)
+
+    def dito_decode():
+        with torch.no_grad():
+            vae.decode(z, num_inference_steps=n_default, generator=gen)
+
+    def dito_decode_bf16():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            vae.decode(z, num_inference_steps=n_default, generator=gen)
+
+    vae_cl = copy.deepcopy(vae).to(memory_format=torch.channels_last)
+
+    def dito_decode_channels_last():
+        with torch.no_grad():
+            vae_cl.decode(z, num_inference_steps=n_default, generator=gen)
+
+    cmp = interleaved_medians(
+        {"kl": kl_decode, "dito": dito_decode, "dito_bf16": dito_decode_bf16, "dito_cl": dito_decode_channels_last},
+        device,
+        args.repeats,
+    )
+
+    comparisons = [
+        {
+            "comparison": f"DiTo ({n_default} steps) / AutoencoderKL decode",
+            "ratio": cmp["dito"] / cmp["kl"],
+            "dito_decoder_params": count(vae.decoder_unet),
+            "kl_decoder_params": count(kl.decoder),
+        },
+        {"comparison": "bf16 autocast / fp32", "ratio": cmp["dito_bf16"] / cmp["dito"]},
+        {"comparison": "channels_last / contiguous", "ratio": cmp["dito_cl"] / cmp["dito"]},
+    ]
+    print(f"\n## bench_decode: {args.preset}, {args.resolution}², batch {args.batch_size}, {machine_info(device)}\n")
+    print(markdown_table(rows))
+    print()
+    print(markdown_table([{k: v for k, v in r.items() if k in ("comparison", "ratio")} for r in comparisons]))
+    result = {"args": vars(args), "machine": machine_info(device), "steps": rows, "comparisons": comparisons}
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,91 @@
+"""Peak memory of AutoencoderDiTo encode and decode at several resolutions.
+
+On CUDA it reads `torch.cuda.max_memory_allocated`. On CPU, where PyTorch keeps no such counter, each measurement
+runs in a fresh subprocess and reports the growth of the peak resident set size (ru_maxrss) over the RSS after the
+model is built and warmed up, so one measurement cannot inherit another's peak.
+
+    python benchmarks/bench_memory.py --preset dito-tiny --resolutions 256 512 1024 --json out/memory.json
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+import torch
+
+from common import machine_info, markdown_table, write_json
+from diffusers_dito import DITO_PRESETS, AutoencoderDiTo
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="dito-tiny", choices=sorted(DITO_PRESETS))
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--steps", type=int, default=1, help="Decode steps (peak memory does not grow with them).")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--_child", nargs=2, metavar=("OP", "RES"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(args, op: str, resolution: int) -> float:
+    """Peak memory (MiB) of one `op` at `resolution` above the warmed-up model's own footprint."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo.from_config(DITO_PRESETS[args.preset]).to(device).eval()
+    f, c = vae.downsample_factor, vae.config.latent_channels
+    with torch.no_grad():
+        vae.decode(torch.randn(1, c, 1, 1, device=device), num_inference_steps=1)  # warm-up at the smallest size
+        x = torch.rand(1, 3, resolution, resolution, device=device) * 2 - 1
+        z = torch.randn(1, c, resolution // f, resolution // f, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            base = rss_peak_mib()
+        if op == "encode":
+            vae.encode(x)
+        else:
+            vae.decode(z, num_inference_steps=args.steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return rss_peak_mib() - base
+
+
+def main(args) -> dict:
+    if args._child:
+        op, res = args._child
+        print(json.dumps({"peak_mib": measure(args, op, int(res))}))
+        return {}
+    rows = []
+    for resolution in args.resolutions:
+        row = {"resolution": resolution}
+        for op in ("encode", "decode"):
+            if args.device == "cpu":
+                cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps)]
+                cmd += ["--device", "cpu", "--_child", op, str(resolution)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                peak = json.loads(out.strip().splitlines()[-1])["peak_mib"]
+            else:
+                peak = measure(args, op, resolution)
+            row[f"{op}_peak_mib"] = peak
+        rows.append(row)
+    device = torch.device(args.device)
+    print(f"\n## bench_memory: {args.preset}, batch 1, {machine_info(device)}\n")
+    print(markdown_table(rows))
+    result = {"args": {k: v for k, v in vars(args).items() if k != "_child"}, "machine": machine_info(device)}
+    result["rows"] = rows
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
