@@ -123,3 +123,27 @@ def test_fresh_process_trust_remote_code(saved, tmp_path):
         if hasattr(pipe, name):
             for k, v in getattr(pipe, name).state_dict().items():
                 assert torch.equal(state[f"{name}.{k}"], v), k
+
+
+def test_pickle_weights_are_refused_with_the_opt_in_named(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_config())
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=False)
+    assert (tmp_path / "vae" / "diffusion_pytorch_model.bin").exists()
+    with pytest.raises(ValueError, match=r"use_safetensors=False"):
+        AutoencoderDiTo.from_pretrained(tmp_path / "vae")
+    loaded = AutoencoderDiTo.from_pretrained(tmp_path / "vae", use_safetensors=False)  # explicit opt-in
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), loaded.state_dict().values()))
+
+    pipe = DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=False)
+    with pytest.raises(ValueError, match=r"pickle weights \(vae/diffusion_pytorch_model.bin\)"):
+        DiToPipeline.from_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="use_safetensors=False"):
+        AutoencoderDiTo.from_pretrained(tmp_path / "pipe", subfolder="vae")
+    assert type(DiToPipeline.from_pretrained(tmp_path / "pipe", use_safetensors=False)) is DiToPipeline
+
+    dit = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
+    dit.save_pretrained(tmp_path / "dit", safe_serialization=False)
+    with pytest.raises(ValueError, match="use_safetensors=False"):
+        DiToDiTTransformer2DModel.from_pretrained(tmp_path / "dit")

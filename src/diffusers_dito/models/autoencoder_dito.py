@@ -19,6 +19,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..safe_loading import SafetensorsOnlyMixin
 from .latent_distribution import DiToLatentDistribution
 
 
@@ -56,7 +57,7 @@ def set_flow_match_timesteps(
         scheduler.set_timesteps(num_inference_steps, device=device)
 
 
-class AutoencoderDiTo(ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin):
+class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin):
     r"""
     A DiTo diffusion autoencoder: an SD-VAE-style convolutional encoder whose layer-normalised output is decoded by
     a flow-matching diffusion UNet conditioned on the nearest-upsampled latent.

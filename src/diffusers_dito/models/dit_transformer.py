@@ -9,8 +9,10 @@ from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from torch import nn
 
+from ..safe_loading import SafetensorsOnlyMixin
 
-class DiToDiTTransformer2DModel(DiTTransformer2DModel, PeftAdapterMixin):
+
+class DiToDiTTransformer2DModel(SafetensorsOnlyMixin, DiTTransformer2DModel, PeftAdapterMixin):
     r"""
     The stock [`DiTTransformer2DModel`] plus [`PeftAdapterMixin`] (the stock class has no `add_adapter`), used by
     [`DiToDiTPipeline`]. Nothing else changes: same config, same weights layout, same forward.

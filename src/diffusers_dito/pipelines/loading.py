@@ -20,11 +20,13 @@ import json
 import os
 from pathlib import Path
 
+from ..safe_loading import SafetensorsOnlyMixin
+
 SHIM_MODULE = "pipeline"
 
 
-class DiToPipelineLoadingMixin:
-    """Mixed into DiTo pipelines: writes the `pipeline.py` shim and a model card on `save_pretrained`."""
+class DiToPipelineLoadingMixin(SafetensorsOnlyMixin):
+    """Mixed into DiTo pipelines: safetensors-only loading; `save_pretrained` writes the shim and a model card."""
 
     @classmethod
     def load_config(cls, *args, **kwargs):
