@@ -218,3 +218,22 @@ def test_config_is_flat_and_pipeline_compatible(tiny_config):
 def test_decoder_depth_must_divide_encoder_factor(tiny_config):
     with pytest.raises(ValueError, match="must divide"):
         AutoencoderDiTo(**tiny_config(block_out_channels=(8, 16), decoder_block_out_channels=(8, 16, 32)))
+
+
+def test_custom_and_shifted_sigma_grids(tiny_config):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    vae = build(tiny_config)
+    z = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        vae.decode(z, num_inference_steps=3, sigmas=[1.0, 0.5, 0.1])
+        torch.testing.assert_close(vae.scheduler.sigmas, torch.tensor([1.0, 0.5, 0.1, 0.0]))
+        shifted = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        vae.decode(z, num_inference_steps=2, scheduler=shifted)
+        torch.testing.assert_close(shifted.sigmas, torch.tensor([1.0, 0.75, 0.0]))  # 3σ / (1 + 2σ) at σ = 0.5
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        vae.decode(z, num_inference_steps=2, sigmas=[0.5, 1.0])
+    with pytest.raises(ValueError, match="2 values"):
+        vae.decode(z, num_inference_steps=2, sigmas=[1.0])
+    with pytest.raises(ValueError, match="custom"):
+        vae.decode(z, num_inference_steps=2, sigmas=[1.0, 0.5], scheduler=FlowMatchHeunDiscreteScheduler())

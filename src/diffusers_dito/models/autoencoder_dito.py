@@ -40,21 +40,37 @@ class AutoencoderDiToEncoderOutput(BaseOutput):
 
 
 def set_flow_match_timesteps(
-    scheduler: SchedulerMixin, num_inference_steps: int, device: torch.device | str | None = None
+    scheduler: SchedulerMixin,
+    num_inference_steps: int,
+    device: torch.device | str | None = None,
+    sigmas: list[float] | None = None,
 ) -> None:
     r"""
     Put `scheduler` on DiTo's sampling grid.
 
     The paper integrates the ODE with Euler steps on the uniform grid t = 1, 1 - 1/N, ..., 1/N, 0. diffusers'
     default flow-match grid ends at σ_min = 1/num_train_timesteps instead of 1/N, so schedulers that accept
-    explicit `sigmas` get the uniform grid (any `shift` configured on the scheduler still applies to it). Schedulers
-    without that argument (e.g. `FlowMatchHeunDiscreteScheduler`) keep their own grid.
+    explicit `sigmas` get the uniform grid, or the user's `sigmas` (descending, without the final 0). Any `shift`
+    configured on the scheduler still applies. Schedulers without that argument (e.g.
+    `FlowMatchHeunDiscreteScheduler`) keep their own grid, and a user grid for them raises a `ValueError`.
     """
-    if "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
-        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]  # the scheduler appends the final 0
+    accepts_sigmas = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters
+    if sigmas is not None:
+        sigmas = [float(s) for s in sigmas]
+        if not accepts_sigmas:
+            raise ValueError(f"{type(scheduler).__name__} does not accept a custom `sigmas` grid.")
+        if len(sigmas) != num_inference_steps or any(not 0 < s <= 1 for s in sigmas):
+            raise ValueError(f"`sigmas` must be {num_inference_steps} values in (0, 1], got {sigmas}.")
+        if any(a <= b for a, b in zip(sigmas, sigmas[1:])):
+            raise ValueError(f"`sigmas` must be strictly decreasing, got {sigmas}.")
+    if accepts_sigmas:
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]  # the scheduler appends the final 0
         scheduler.set_timesteps(sigmas=sigmas, device=device)
     else:
         scheduler.set_timesteps(num_inference_steps, device=device)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)  # known start: no per-call timestep lookup (a host-device sync on GPU)
 
 
 class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin):
@@ -264,10 +280,15 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         return self.decoder_unet(model_input, timestep).sample  # (B, out_channels, H, W)
 
     def _decode(
-        self, z: torch.Tensor, noise: torch.Tensor, num_inference_steps: int, scheduler: SchedulerMixin
+        self,
+        z: torch.Tensor,
+        noise: torch.Tensor,
+        num_inference_steps: int,
+        scheduler: SchedulerMixin,
+        sigmas: list[float] | None,
     ) -> torch.Tensor:
         conditioning = self.upsample_latents(z)  # once, not per step
-        set_flow_match_timesteps(scheduler, num_inference_steps, device=z.device)
+        set_flow_match_timesteps(scheduler, num_inference_steps, device=z.device, sigmas=sigmas)
         sample = noise
         for t in scheduler.timesteps:
             velocity = self.predict_velocity(sample, t, conditioning)
@@ -282,6 +303,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         return_dict: bool = True,
         num_inference_steps: int | None = None,
         scheduler: SchedulerMixin | None = None,
+        sigmas: list[float] | None = None,
     ) -> DecoderOutput | tuple[torch.Tensor]:
         r"""
         Decode latents by integrating the flow-matching ODE from pure noise (t = 1) to the image (t = 0).
@@ -294,6 +316,8 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
             num_inference_steps (`int`, *optional*): ODE steps; defaults to `config.num_inference_steps`.
             scheduler (`SchedulerMixin`, *optional*): A diffusers `FlowMatch*` scheduler; defaults to
                 `self.scheduler` (Euler on the paper's uniform grid).
+            sigmas (`list[float]`, *optional*): A custom descending σ grid of `num_inference_steps` values in
+                (0, 1] (the final 0 is appended); only for schedulers whose `set_timesteps` accepts `sigmas`.
 
         Returns:
             [`DecoderOutput`] or `tuple`: images of shape `(batch_size, out_channels, h * f, w * f)` in [-1, 1].
@@ -313,12 +337,12 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         if self.use_slicing and batch_size > 1:
             sample = torch.cat(
                 [
-                    self._decode(z_i, n_i, num_inference_steps, scheduler)
+                    self._decode(z_i, n_i, num_inference_steps, scheduler, sigmas)
                     for z_i, n_i in zip(z.split(1), noise.split(1))
                 ]
             )
         else:
-            sample = self._decode(z, noise, num_inference_steps, scheduler)
+            sample = self._decode(z, noise, num_inference_steps, scheduler, sigmas)
 
         if not return_dict:
             return (sample,)

@@ -122,8 +122,10 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         return self._scale_latents(self.vae.encode(x).latents)
 
     # ------------------------------------------------------------------ decoding loop
-    def _integrate(self, conditioning, sample, num_inference_steps, callback_on_step_end, tensor_inputs, progress):
-        set_flow_match_timesteps(self.scheduler, num_inference_steps, device=sample.device)
+    def _integrate(
+        self, conditioning, sample, num_inference_steps, sigmas, callback_on_step_end, tensor_inputs, progress
+    ):
+        set_flow_match_timesteps(self.scheduler, num_inference_steps, device=sample.device, sigmas=sigmas)
         for i, t in enumerate(self.scheduler.timesteps):
             velocity = self.vae.predict_velocity(sample, t, conditioning)  # (B, 3, H, W)
             sample = self.scheduler.step(velocity, t, sample, return_dict=False)[0]
@@ -143,6 +145,7 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
+        sigmas: list[float] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -161,6 +164,7 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
                 Generator(s) for the decoder's initial noise; a list gives each image its own seed.
             height (`int`, *optional*), width (`int`, *optional*):
                 With `latents`, crop the decoded images to this size (the size of the original images).
+            sigmas (`list[float]`, *optional*): A custom descending σ grid (see `AutoencoderDiTo.decode`).
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (encode
                 only).
             return_dict (`bool`, *optional*, defaults to `True`): Return an [`ImagePipelineOutput`].
@@ -209,13 +213,14 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
                 dtype=z.dtype,
             )
             slices = list(zip(z.split(1), noise.split(1))) if self.vae.use_slicing else [(z, noise)]
-            set_flow_match_timesteps(self.scheduler, num_inference_steps, device=device)
+            set_flow_match_timesteps(self.scheduler, num_inference_steps, device=device, sigmas=sigmas)
             with self.progress_bar(total=len(self.scheduler.timesteps) * len(slices)) as progress:
                 samples = [
                     self._integrate(
                         self.vae.upsample_latents(z_i),
                         noise_i,
                         num_inference_steps,
+                        sigmas,
                         callback_on_step_end,
                         callback_on_step_end_tensor_inputs,
                         progress,
