@@ -1,3 +1,4 @@
+import math
 import os
 import tempfile
 
@@ -10,6 +11,7 @@ os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="dito-hf-modul
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -34,3 +36,35 @@ def tiny_dito_config(**overrides) -> dict:
 @pytest.fixture
 def tiny_config():
     return tiny_dito_config
+
+
+def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Photo-like test images in [-1, 1]: random low-frequency colour fields plus one sharp edge each."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
+    x = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    x[:, :, size // 2 :, : size // 3] *= -1
+    return x.clamp(-1, 1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a - b).pow(2).mean().item()
+    return 10 * math.log10(4.0 / mse)  # peak-to-peak range of [-1, 1] is 2
+
+
+@pytest.fixture(scope="session")
+def overfit_tiny():
+    """dito-tiny trained for 200 steps on 4 smooth 32² images; shared by the sign check and the tiling tests."""
+    from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
+
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
+    x = smooth_images(4, 32)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        loss = dito_flow_matching_loss(vae, x, generator=g).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return vae.eval(), x

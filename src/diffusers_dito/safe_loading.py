@@ -1,5 +1,6 @@
 """Safetensors-only loading: pickle weight files can run arbitrary code, so they are refused unless asked for."""
 
+import json
 import os
 from pathlib import Path
 
@@ -7,11 +8,20 @@ PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
 
 
 def _pickle_only_files(folder: Path) -> list[Path]:
-    """Pickle weight files under `folder` (one level of component subfolders) where no safetensors file exists."""
+    """Pickle weight files that `from_pretrained` would load from `folder` because no safetensors file is there.
+
+    A pipeline folder is scanned in the component subfolders its `model_index.json` names, so training state that
+    lives beside them (`checkpoint-N/optimizer.bin`, ...) is not mistaken for weights.
+    """
     if not folder.is_dir():
         return []
+    directories = [folder]
+    if (folder / "model_index.json").is_file():
+        index = json.loads((folder / "model_index.json").read_text())
+        directories = [folder / name for name, entry in index.items() if isinstance(entry, list)]
+        directories = [d for d in directories if d.is_dir()]
     found = []
-    for directory in [folder, *[d for d in folder.iterdir() if d.is_dir()]]:
+    for directory in directories:
         files = [p for p in directory.iterdir() if p.is_file()]
         if any(p.suffix == ".safetensors" for p in files):
             continue

@@ -147,3 +147,12 @@ def test_pickle_weights_are_refused_with_the_opt_in_named(tiny_config, tmp_path)
     dit.save_pretrained(tmp_path / "dit", safe_serialization=False)
     with pytest.raises(ValueError, match="use_safetensors=False"):
         DiToDiTTransformer2DModel.from_pretrained(tmp_path / "dit")
+
+
+def test_training_state_beside_components_is_not_mistaken_for_weights(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    pipe = DiToPipeline(vae=AutoencoderDiTo(**tiny_config()), scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.save_pretrained(tmp_path)
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "optimizer.bin").write_bytes(b"not loaded by from_pretrained")
+    assert type(DiToPipeline.from_pretrained(tmp_path)) is DiToPipeline

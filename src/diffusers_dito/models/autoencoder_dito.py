@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..safe_loading import SafetensorsOnlyMixin
 from .latent_distribution import DiToLatentDistribution
+from .tiling import tiled_map
 
 
 @dataclass
@@ -192,6 +193,9 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         # Not saved with the weights: any diffusers FlowMatch* scheduler may be swapped in (`vae.scheduler = ...`).
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
         self.use_slicing = False
+        self.use_tiling = False
+        self.tile_sample_size = 256
+        self.tile_overlap = 64
 
     @property
     def downsample_factor(self) -> int:
@@ -228,8 +232,48 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
             raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps}.")
 
     # ------------------------------------------------------------------ encoder
+    def enable_tiling(self, tile_sample_size: int | None = None, tile_overlap: int | None = None) -> None:
+        r"""
+        Encode and decode large images tile by tile, so that peak memory is bounded by the tile size.
+
+        The encoder runs on overlapping tiles whose raw outputs are blended before the latent layer norm, so the
+        normalisation statistics are those of the whole latent. The decoder predicts the velocity on overlapping
+        tiles of the current noisy image at every ODE step and blends the predictions with smooth weights before
+        the scheduler step (as MultiDiffusion does), so no seams build up.
+
+        Args:
+            tile_sample_size (`int`, *optional*, defaults to 256): Tile side in pixels; a multiple of the
+                down-sampling factor.
+            tile_overlap (`int`, *optional*, defaults to 64): Minimum overlap of neighbouring tiles in pixels; a
+                multiple of the down-sampling factor, smaller than the tile.
+        """
+        tile = self.tile_sample_size if tile_sample_size is None else tile_sample_size
+        overlap = self.tile_overlap if tile_overlap is None else tile_overlap
+        f = self.downsample_factor
+        if tile < f or tile % f or overlap < 0 or overlap % f or overlap >= tile:
+            raise ValueError(
+                f"Tiles must be positive multiples of {f} and the overlap a multiple of {f} smaller than the tile; "
+                f"got tile_sample_size={tile}, tile_overlap={overlap}."
+            )
+        self.tile_sample_size, self.tile_overlap = tile, overlap
+        self.use_tiling = True
+
+    def _tiled(self, height: int, width: int) -> bool:
+        return self.use_tiling and max(height, width) > self.tile_sample_size
+
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(x.to(self.encoder.conv_in.weight.dtype))  # (B, 3, H, W) -> (B, C, H/f, W/f)
+        x = x.to(self.encoder.conv_in.weight.dtype)
+        if self._tiled(*x.shape[-2:]):
+            h = tiled_map(
+                self.encoder,
+                [x],
+                self.tile_sample_size,
+                self.tile_overlap,
+                self.config.latent_channels,
+                downscale=self.downsample_factor,
+            )  # (B, 3, H, W) -> (B, C, H/f, W/f), blended before normalisation
+        else:
+            h = self.encoder(x)  # (B, 3, H, W) -> (B, C, H/f, W/f)
         # DiTo's latent layer norm: statistics over each sample's whole (C, h, w) tensor, no affine parameters, so
         # the latent is zero-mean/unit-variance at any resolution. Computed in fp32 for half-precision models.
         return F.layer_norm(h.float(), h.shape[1:], eps=self.config.layer_norm_eps).to(h.dtype)
@@ -279,6 +323,20 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         model_input = torch.cat([noisy_sample, conditioning], dim=1)  # (B, out_channels + latent_channels, H, W)
         return self.decoder_unet(model_input, timestep).sample  # (B, out_channels, H, W)
 
+    def velocity_field(
+        self, noisy_sample: torch.Tensor, timestep: torch.Tensor | float, conditioning: torch.Tensor
+    ) -> torch.Tensor:
+        """`predict_velocity` for sampling: tile by tile with blending when tiling is enabled for this size."""
+        if self._tiled(*noisy_sample.shape[-2:]):
+            return tiled_map(
+                lambda x, c: self.predict_velocity(x, timestep, c),
+                [noisy_sample, conditioning],
+                self.tile_sample_size,
+                self.tile_overlap,
+                self.config.out_channels,
+            )
+        return self.predict_velocity(noisy_sample, timestep, conditioning)
+
     def _decode(
         self,
         z: torch.Tensor,
@@ -291,7 +349,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         set_flow_match_timesteps(scheduler, num_inference_steps, device=z.device, sigmas=sigmas)
         sample = noise
         for t in scheduler.timesteps:
-            velocity = self.predict_velocity(sample, t, conditioning)
+            velocity = self.velocity_field(sample, t, conditioning)
             sample = scheduler.step(velocity, t, sample, return_dict=False)[0]
         return sample.clamp(-1, 1)
 

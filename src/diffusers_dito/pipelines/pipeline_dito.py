@@ -127,7 +127,7 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
     ):
         set_flow_match_timesteps(self.scheduler, num_inference_steps, device=sample.device, sigmas=sigmas)
         for i, t in enumerate(self.scheduler.timesteps):
-            velocity = self.vae.predict_velocity(sample, t, conditioning)  # (B, 3, H, W)
+            velocity = self.vae.velocity_field(sample, t, conditioning)  # (B, 3, H, W)
             sample = self.scheduler.step(velocity, t, sample, return_dict=False)[0]
             if callback_on_step_end is not None:
                 callback_kwargs = {name: {"sample": sample}[name] for name in tensor_inputs}
