@@ -5,6 +5,7 @@ runs in a fresh subprocess and reports the growth of the peak resident set size 
 model is built and warmed up, so one measurement cannot inherit another's peak.
 
     python benchmarks/bench_memory.py --preset dito-tiny --resolutions 256 512 1024 --json out/memory.json
+    python benchmarks/bench_memory.py --resolutions 1024 --tile_size 256   # tiled decode vs one 256² decode
 """
 
 import argparse
@@ -24,6 +25,10 @@ def parse_args(argv=None):
     parser.add_argument("--preset", default="dito-tiny", choices=sorted(DITO_PRESETS))
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--steps", type=int, default=1, help="Decode steps (peak memory does not grow with them).")
+    parser.add_argument(
+        "--tile_size", type=int, default=None, help="Also measure tiled decoding with this tile (e.g. 256)."
+    )
+    parser.add_argument("--tile_overlap", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None)
     parser.add_argument("--_child", nargs=2, metavar=("OP", "RES"), help=argparse.SUPPRESS)
@@ -53,6 +58,8 @@ def measure(args, op: str, resolution: int) -> float:
         if op == "encode":
             vae.encode(x)
         else:
+            if op == "decode_tiled":
+                vae.enable_tiling(args.tile_size, args.tile_overlap)
             vae.decode(z, num_inference_steps=args.steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -65,24 +72,33 @@ def main(args) -> dict:
         op, res = args._child
         print(json.dumps({"peak_mib": measure(args, op, int(res))}))
         return {}
+
+    def run(op, resolution):
+        if args.device != "cpu":
+            return measure(args, op, resolution)
+        cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps), "--device", "cpu"]
+        if args.tile_size:
+            cmd += ["--tile_size", str(args.tile_size), "--tile_overlap", str(args.tile_overlap)]
+        out = subprocess.run([*cmd, "--_child", op, str(resolution)], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
     rows = []
+    one_tile = run("decode", args.tile_size) if args.tile_size else None
     for resolution in args.resolutions:
-        row = {"resolution": resolution}
-        for op in ("encode", "decode"):
-            if args.device == "cpu":
-                cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps)]
-                cmd += ["--device", "cpu", "--_child", op, str(resolution)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                peak = json.loads(out.strip().splitlines()[-1])["peak_mib"]
-            else:
-                peak = measure(args, op, resolution)
-            row[f"{op}_peak_mib"] = peak
+        row = {"resolution": resolution, "encode_peak_mib": run("encode", resolution)}
+        row["decode_peak_mib"] = run("decode", resolution)
+        if args.tile_size:
+            row["decode_tiled_peak_mib"] = run("decode_tiled", resolution)
+            row[f"tiled_over_one_{args.tile_size}_decode"] = row["decode_tiled_peak_mib"] / one_tile
         rows.append(row)
     device = torch.device(args.device)
     print(f"\n## bench_memory: {args.preset}, batch 1, {machine_info(device)}\n")
     print(markdown_table(rows))
     result = {"args": {k: v for k, v in vars(args).items() if k != "_child"}, "machine": machine_info(device)}
     result["rows"] = rows
+    if one_tile is not None:
+        result["one_tile_decode_peak_mib"] = one_tile
+        print(f"\none untiled {args.tile_size}² decode: {one_tile:.1f} MiB")
     write_json(args.json, result)
     return result
 
