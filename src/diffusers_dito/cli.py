@@ -57,11 +57,13 @@ def _reconstruct(args) -> None:
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from .image_utils import to_rgb
+
     images = []
     for name in args.inputs:
         try:
             with Image.open(name) as image:
-                images.append(image.convert("RGB"))
+                images.append(to_rgb(image))
         except FileNotFoundError:
             raise CLIError(f"{name}: no such file") from None
         except (UnidentifiedImageError, OSError) as err:

@@ -11,6 +11,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..image_utils import to_rgb
 from ..models.autoencoder_dito import AutoencoderDiTo, set_flow_match_timesteps
 from .loading import DiToPipelineLoadingMixin
 
@@ -79,7 +80,7 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
                 f"`VaeImageProcessor` conventions), got {type(image).__name__}."
             )
         if isinstance(image, list) or isinstance(image, PIL.Image.Image):
-            items = [i.convert("RGB") if isinstance(i, PIL.Image.Image) else i for i in items]  # L, RGBA, P, CMYK
+            items = [to_rgb(i) if isinstance(i, PIL.Image.Image) else i for i in items]  # L, RGBA, P, CMYK, 16-bit
             image = items if isinstance(image, list) else items[0]
         sizes = {i.size if isinstance(i, PIL.Image.Image) else None for i in items}
         if len(sizes) > 1:
