@@ -77,3 +77,29 @@ def test_loss_is_per_sample_mse_against_eps_minus_x(vae):
 def test_rejects_bad_probability(vae):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         dito_flow_matching_loss(vae, batch(2), noise_sync_prob=1.5)
+
+
+def test_latent_flow_matching_loss_target_and_class_dropout():
+    from diffusers_dito import DIT_PRESETS, DiToDiTTransformer2DModel, latent_flow_matching_loss
+
+    torch.manual_seed(0)
+    dit = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
+    z = torch.randn(64, 4, 4, 4)
+    labels = torch.randint(0, 10, (64,))
+    seen = {}
+    dit.register_forward_hook(lambda m, args, kwargs, out: seen.update(kwargs), with_kwargs=True)
+    out = latent_flow_matching_loss(
+        dit, z, labels, num_classes=10, class_dropout_prob=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    assert 10 < out.dropped.sum() < 54  # about half
+    assert torch.equal(seen["class_labels"], torch.where(out.dropped, 10, labels))
+    torch.testing.assert_close(seen["timestep"], out.t * 1000)
+    # Recompute the target from the same random stream: (2, B) uniforms, then the noise.
+    g = torch.Generator().manual_seed(0)
+    torch.rand(2, 64, generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    t = out.t.view(-1, 1, 1, 1)
+    pred = dit((1 - t) * z + t * eps, timestep=out.t * 1000, class_labels=seen["class_labels"]).sample
+    torch.testing.assert_close(out.per_sample_loss, (pred - (eps - z)).pow(2).mean(dim=(1, 2, 3)))
+    none = latent_flow_matching_loss(dit, z, labels, num_classes=10, class_dropout_prob=0.0)
+    assert not none.dropped.any()

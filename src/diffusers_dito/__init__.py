@@ -1,6 +1,6 @@
 """diffusers-dito: DiTo diffusion autoencoders as native diffusers models."""
 
-from .losses import DiToLossOutput, dito_flow_matching_loss
+from .losses import DiToLossOutput, LatentFlowMatchingLossOutput, dito_flow_matching_loss, latent_flow_matching_loss
 from .models import (
     DIT_PRESETS,
     DITO_PRESETS,
@@ -20,8 +20,10 @@ __all__ = [
     "DiToDiTTransformer2DModel",
     "DiToLatentDistribution",
     "DiToLossOutput",
+    "LatentFlowMatchingLossOutput",
     "DiToPipeline",
     "DIT_PRESETS",
     "DITO_PRESETS",
     "dito_flow_matching_loss",
+    "latent_flow_matching_loss",
 ]

@@ -94,3 +94,75 @@ def dito_flow_matching_loss(
     return DiToLossOutput(
         loss=per_sample_loss.mean(), per_sample_loss=per_sample_loss, t=t, tau=tau, noise_synced=noise_synced
     )
+
+
+@dataclass
+class LatentFlowMatchingLossOutput(BaseOutput):
+    r"""
+    Output of [`latent_flow_matching_loss`].
+
+    Args:
+        loss (`torch.Tensor`, scalar): Mean of `per_sample_loss`.
+        per_sample_loss (`torch.Tensor` of shape `(B,)`): Mean squared velocity error of each sample.
+        t (`torch.Tensor` of shape `(B,)`): Flow time of each sample, in [0, 1].
+        dropped (`torch.Tensor` of shape `(B,)`, bool): Samples whose class was replaced by the null class.
+    """
+
+    loss: torch.Tensor
+    per_sample_loss: torch.Tensor
+    t: torch.Tensor
+    dropped: torch.Tensor
+
+
+def latent_flow_matching_loss(
+    transformer: torch.nn.Module,
+    latents: torch.Tensor,
+    class_labels: torch.Tensor,
+    num_classes: int,
+    class_dropout_prob: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> LatentFlowMatchingLossOutput:
+    r"""
+    Class-conditional flow matching on (scaled) DiTo latents, for the generation stage:
+
+    z_t = (1 − t)·z + t·ε with t ~ U[0, 1], and L = ‖DiT(z_t, t·1000, c) − (ε − z)‖². The class is replaced by
+    the null class `num_classes` with probability `class_dropout_prob`, which trains the unconditional branch that
+    classifier-free guidance needs. The target ε − z is what diffusers' flow-match schedulers step with, so
+    [`DiToDiTPipeline`] samples the trained model with a stock scheduler.
+
+    Args:
+        transformer: A [`DiToDiTTransformer2DModel`] (or any module with its call signature).
+        latents (`torch.Tensor` of shape `(B, C, h, w)`): `(z − shift_factor) · scaling_factor`.
+        class_labels (`torch.Tensor` of shape `(B,)`): Class ids in `[0, num_classes)`.
+        num_classes (`int`): Number of real classes; index `num_classes` is the null class.
+        class_dropout_prob (`float`, *optional*, defaults to 0.1): Probability of dropping the class label.
+        generator (`torch.Generator`, *optional*): Source of all randomness here.
+
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_dito import DIT_PRESETS, DiToDiTTransformer2DModel, latent_flow_matching_loss
+
+        >>> dit = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
+        >>> out = latent_flow_matching_loss(dit, torch.randn(2, 4, 4, 4), torch.tensor([0, 3]), num_classes=10)
+        >>> out.per_sample_loss.shape
+        torch.Size([2])
+
+        ```
+    """
+    if not 0.0 <= class_dropout_prob <= 1.0:
+        raise ValueError(f"`class_dropout_prob` must be in [0, 1], got {class_dropout_prob}.")
+    batch_size, device = latents.shape[0], latents.device
+    uniform = torch.rand(2, batch_size, generator=generator, device=generator.device if generator else device)
+    uniform = uniform.to(device=device, dtype=torch.float32)  # (2, B): dropout coin, t
+    dropped = uniform[0] < class_dropout_prob  # (B,)
+    labels = torch.where(dropped, torch.full_like(class_labels, num_classes), class_labels)  # (B,)
+    t = uniform[1]  # (B,)
+    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    t_b = t.view(-1, 1, 1, 1).to(latents.dtype)
+    noisy = (1.0 - t_b) * latents + t_b * noise  # (B, C, h, w)
+    pred = transformer(noisy, timestep=t * 1000.0, class_labels=labels).sample  # (B, C, h, w)
+    per_sample_loss = (pred.float() - (noise - latents).float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    return LatentFlowMatchingLossOutput(
+        loss=per_sample_loss.mean(), per_sample_loss=per_sample_loss, t=t, dropped=dropped
+    )
