@@ -120,6 +120,11 @@ def test_accepts_other_flow_match_schedulers(tiny_config):
         out = vae.decode(torch.randn(1, 4, 4, 4), num_inference_steps=3, scheduler=FlowMatchHeunDiscreteScheduler())
     assert out.sample.shape == (1, 3, 32, 32)
     assert len(calls) == 5  # Heun: 2 evaluations per step except the last
+    heun = FlowMatchHeunDiscreteScheduler()
+    with torch.no_grad():
+        vae.decode(torch.randn(1, 4, 4, 4), num_inference_steps=2, scheduler=heun)
+    torch.testing.assert_close(heun.sigmas, torch.tensor([1.0, 0.5, 0.5, 0.0]))  # the paper's uniform grid
+    assert heun.sigma_min == pytest.approx(1e-3)  # the scheduler's own setting is left as it was
 
 
 def test_forward_is_encode_then_decode(tiny_config):

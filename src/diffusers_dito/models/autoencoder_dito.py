@@ -52,8 +52,8 @@ def set_flow_match_timesteps(
     The paper integrates the ODE with Euler steps on the uniform grid t = 1, 1 - 1/N, ..., 1/N, 0. diffusers'
     default flow-match grid ends at σ_min = 1/num_train_timesteps instead of 1/N, so schedulers that accept
     explicit `sigmas` get the uniform grid, or the user's `sigmas` (descending, without the final 0). Any `shift`
-    configured on the scheduler still applies. Schedulers without that argument (e.g.
-    `FlowMatchHeunDiscreteScheduler`) keep their own grid, and a user grid for them raises a `ValueError`.
+    configured on the scheduler still applies. `FlowMatchHeunDiscreteScheduler`, which has no such argument, gets
+    the same uniform grid through its `sigma_min`; a user grid for it raises a `ValueError`.
     """
     accepts_sigmas = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters
     if sigmas is not None:
@@ -68,6 +68,15 @@ def set_flow_match_timesteps(
         if sigmas is None:
             sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]  # the scheduler appends the final 0
         scheduler.set_timesteps(sigmas=sigmas, device=device)
+    elif hasattr(scheduler, "sigma_min"):
+        # e.g. FlowMatchHeunDiscreteScheduler spaces N points from 1 to its sigma_min (1/1000): with few steps the
+        # last step then covers almost nothing. Spacing them down to 1/N gives the same uniform grid as Euler.
+        sigma_min = scheduler.sigma_min
+        scheduler.sigma_min = 1.0 / num_inference_steps
+        try:
+            scheduler.set_timesteps(num_inference_steps, device=device)
+        finally:
+            scheduler.sigma_min = sigma_min
     else:
         scheduler.set_timesteps(num_inference_steps, device=device)
     if hasattr(scheduler, "set_begin_index"):

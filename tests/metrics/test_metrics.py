@@ -1,3 +1,5 @@
+"""Tests of `diffusers_dito.metrics`: each metric against its formula or a reference implementation, offline."""
+
 import importlib.util
 import math
 from pathlib import Path
@@ -9,12 +11,12 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 from conftest import smooth_images
-from diffusers_dito import metrics
 from diffusers_dito.metrics import (
     DINOV2_PATH_ENV,
     INCEPTION_WEIGHTS_ENV,
     LPIPS_BACKBONE_ENV,
     MissingWeightsError,
+    compute_generation_metrics,
     compute_metrics,
     frechet_dinov2_distance,
     frechet_distance,
@@ -25,6 +27,9 @@ from diffusers_dito.metrics import (
     sliced_wasserstein_distance,
     ssim,
 )
+from diffusers_dito.metrics._inputs import _to_uint8
+from diffusers_dito.metrics.perceptual import _lpips_backbone
+from diffusers_dito.metrics.swd import _laplacian_pyramid
 
 SWD_FAST = {"nhoods_per_image": 32, "dirs_per_repeat": 32}
 
@@ -121,7 +126,7 @@ def test_swd_pyramid_matches_the_reference_scipy_pyramid():
 
     for shape in [(2, 3, 64, 64), (1, 3, 37, 45)]:
         x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-        ours = metrics._laplacian_pyramid(torch.from_numpy(x), 3)
+        ours = _laplacian_pyramid(torch.from_numpy(x), 3)
         for level, expected in zip(ours, reference(x, 3), strict=True):
             np.testing.assert_allclose(level.numpy(), expected, atol=1e-5)
 
@@ -224,8 +229,8 @@ def test_fid_with_a_custom_extractor_matches_torchmetrics():
     ours = frechet_inception_distance(y, x, inception=extractor, batch_size=5)
 
     reference = FrechetInceptionDistance(feature=extractor)
-    reference.update(metrics._to_uint8(x), real=True)
-    reference.update(metrics._to_uint8(y), real=False)
+    reference.update(_to_uint8(x), real=True)
+    reference.update(_to_uint8(y), real=False)
     assert ours == pytest.approx(float(reference.compute()), rel=1e-4)
     assert ours > 0
     assert frechet_inception_distance(x, x, inception=extractor) == pytest.approx(0.0, abs=1e-8)
@@ -286,7 +291,7 @@ def test_fd_dinov2_uses_the_cls_token_of_imagenet_normalised_resized_images(tiny
     x, y = textured(4, 32), textured(4, 32, seed=9)
 
     def features(images):
-        images = metrics._to_uint8(images).float() / 255
+        images = _to_uint8(images).float() / 255
         images = F.interpolate(images, size=(28, 28), mode="bicubic", antialias=True)
         mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
         with torch.no_grad():
@@ -313,7 +318,7 @@ def test_fd_dinov2_without_weights_says_in_one_line_how_to_provide_them(tmp_path
 def save_random_backbone(net_type: str, folder: Path) -> Path:
     """A randomly initialised backbone checkpoint in torchvision's layout (with a classifier, which LPIPS drops)."""
     torch.manual_seed(0)
-    state = {f"features.{k}": v for k, v in metrics._lpips_backbone(net_type).state_dict().items()}
+    state = {f"features.{k}": v for k, v in _lpips_backbone(net_type).state_dict().items()}
     state["classifier.1.weight"] = torch.zeros(2, 2)
     path = folder / {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}[net_type]
     torch.save(state, path)
@@ -342,7 +347,7 @@ def test_lpips_matches_torchmetrics_with_the_same_backbone(net_type, random_alex
     checkpoint = random_alexnet if net_type == "alex" else save_random_backbone("vgg", tmp_path)
 
     def local_backbone(net, pretrained=False):  # stands in for torchvision.models.<net>(weights=...).features
-        features = metrics._lpips_backbone(net_type)
+        features = _lpips_backbone(net_type)
         state = torch.load(checkpoint, weights_only=True)
         features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if "features" in k})
         return features
@@ -396,6 +401,35 @@ def test_compute_metrics_with_all_weights(tiny_dinov2_dir, random_alexnet):
     assert report.skipped == {}
     assert {"lpips", "rfid", "fd_dinov2"} <= set(report.values)
     assert all(math.isfinite(v) for v in report.values.values())
+
+
+def test_compute_generation_metrics_subsamples_the_larger_set_for_swd_and_skips_missing_weights():
+    samples, real = add_noise(textured(3, 32), 0.2), textured(5, 32, seed=3)
+    report = compute_generation_metrics(samples, real)
+    assert set(report.values) == {"swd", "swd_32", "swd_16"} and set(report.skipped) == {"gfid", "fd_dinov2"}
+    for reason in report.skipped.values():
+        assert "\n" not in reason and "=" in reason
+    assert report.values["swd"] > 0
+    assert compute_generation_metrics(samples, real).values == report.values  # the subset is drawn from `seed`
+    assert compute_generation_metrics(real, real).values["swd"] == 0.0
+
+
+def test_compute_generation_metrics_with_weights_and_bad_inputs(tiny_dinov2_dir):
+    samples, real = add_noise(textured(4, 32), 0.2), textured(6, 32, seed=3)
+    report = compute_generation_metrics(samples, real, inception=TinyInception(), dinov2=tiny_dinov2_dir)
+    assert report.skipped == {}
+    assert report.values["gfid"] == pytest.approx(frechet_inception_distance(samples, real, TinyInception()))
+    with pytest.raises(ValueError, match="same image size"):
+        compute_generation_metrics(samples, textured(4, 64))
+    with pytest.raises(ValueError, match=">= 2 images"):
+        compute_generation_metrics(samples[:1], real)
+
+
+def test_public_names_are_importable_from_the_package():
+    import diffusers_dito.metrics as package
+
+    assert all(callable(getattr(package, name)) or name.endswith("_ENV") for name in package.__all__)
+    assert package.MissingWeightsError.__mro__[1] is RuntimeError
 
 
 # --- Input validation ------------------------------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""Tests of training/evaluate_dito.py: a tiny DiTo on a folder of 32-px images, in-process and on 2 CPU processes."""
+
+import csv
+import doctest
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from conftest import tiny_dito_config
+from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "training" / "evaluate_dito.py"
+RUN_ARGS = ["--steps", "2", "--sweep_steps", "1", "2", "--samplers", "euler", "heun", "--batch_size", "3"]
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reset_accelerate() -> None:
+    # Accelerator state is a process-wide singleton; each in-process run must start from scratch.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def subprocess_env(tmp_path: Path) -> dict:
+    return {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",  # CPU processes in a gloo group, also on a machine with one GPU
+        "HF_HOME": str(tmp_path / "hf_home"),  # ignore any accelerate config of this machine
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def evaluate_dito():
+    return load_script(SCRIPT)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The models are tiny: a second intra-op thread buys nothing, and costs a lot when the cores are shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, (height, width) in enumerate(sizes):
+        PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    folder = write_images(tmp_path_factory.mktemp("images"), [(32, 32)] * 4)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # skipped and counted
+    (folder / "notes.txt").write_text("not an image file: ignored")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """The same tiny VAE saved as a DiToPipeline, a DiToDiTPipeline and a bare AutoencoderDiTo."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo.from_config(tiny_dito_config())
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "pipeline")
+    transformer = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
+    DiToDiTPipeline(transformer, vae, FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "dit_pipeline")
+    vae.save_pretrained(root / "vae")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(evaluate_dito, image_dir, model_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    args = ["--model", str(model_dirs / "pipeline"), "--data_dir", str(image_dir), "--output_dir", str(out)]
+    try:
+        result = evaluate_dito.main(evaluate_dito.parse_args(args + RUN_ARGS))
+    finally:
+        reset_accelerate()
+    return out, result
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_json_has_the_metrics_the_skipped_ones_and_the_unreadable_file(run):
+    out, result = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"psnr", "ssim", "swd", "swd_32", "swd_16", "hf_energy_ratio"} <= set(metrics)
+    assert set(metrics["skipped"]) == {"lpips", "rfid", "fd_dinov2"}
+    assert all("=" in reason for reason in metrics["skipped"].values())  # says which argument to pass
+    assert metrics["num_images"] == 4 and metrics["unreadable_files"] == ["corrupt.png"]
+    assert metrics["steps"] == 2 and metrics["nfe"] == 2 and metrics["image_size"] == [32, 32]
+    assert metrics["psnr"] == pytest.approx(result["psnr"])
+
+
+def test_per_image_csv_has_one_row_per_readable_image(run):
+    out, result = run
+    rows = read_csv(out / "per_image.csv")
+    assert [row["file"] for row in rows] == ["0.png", "1.png", "2.png", "3.png"]
+    assert [row["index"] for row in rows] == ["0", "1", "2", "3"]
+    assert all(row["width"] == row["height"] == "32" for row in rows)
+    # compute_metrics averages per-image PSNR, so the CSV's mean is the JSON's value
+    assert np.mean([float(row["psnr"]) for row in rows]) == pytest.approx(result["psnr"], rel=1e-5)
+
+
+def test_sweep_records_nfe_per_point_and_heun_costs_2n_minus_1(run):
+    out, result = run
+    table = [(row["sampler"], row["steps"], row["nfe"]) for row in result["sweep"]]
+    assert table == [("euler", 1, 1), ("euler", 2, 2), ("heun", 1, 1), ("heun", 2, 3)]
+    assert all(row["swd"] > 0 and row["psnr"] is not None for row in result["sweep"])
+    rows = read_csv(out / "sweep.csv")
+    assert [(r["sampler"], int(r["steps"]), int(r["nfe"])) for r in rows] == table
+    # the main reconstruction (euler, 2 steps) is reused for that sweep point: the same noise, the same images
+    assert result["sweep"][1]["psnr"] == pytest.approx(result["psnr"], rel=1e-5)
+    with PIL.Image.open(out / "sweep.png") as plot:
+        assert plot.width > 300 and plot.height > 200
+
+
+def test_grid_rows_are_original_reconstruction_and_error(run, image_dir):
+    out, _ = run
+    grid = np.asarray(PIL.Image.open(out / "reconstructions.png"))
+    assert grid.shape == (4 * 32, 3 * 32, 3)
+    original = np.asarray(PIL.Image.open(image_dir / "1.png"))
+    row = grid[32:64]
+    np.testing.assert_array_equal(row[:, :32], original)
+    reconstruction = row[:, 32:64].astype(np.int16)
+    error = np.clip(np.round(np.abs(reconstruction - original).mean(axis=2) * 4.0), 0, 255)  # --error_gain 4
+    np.testing.assert_array_equal(row[:, 64:, 0], error)
+
+
+def test_every_model_folder_kind_gives_the_same_vae(evaluate_dito, model_dirs):
+    kinds = ("pipeline", "dit_pipeline", "vae")
+    pipes = [evaluate_dito.load_reconstruction_pipeline(model_dirs / kind) for kind in kinds]
+    assert all(isinstance(pipe, DiToPipeline) for pipe in pipes)
+    weights = [pipe.vae.decoder_unet.conv_in.weight for pipe in pipes]
+    assert all(torch.equal(weights[0], w) for w in weights[1:])
+
+
+def test_images_of_different_sizes_keep_per_image_scores_and_skip_set_metrics(evaluate_dito, model_dirs, tmp_path):
+    images = write_images(tmp_path / "mixed", [(32, 32), (37, 45)])
+    args = ["--model", str(model_dirs / "vae"), "--data_dir", str(images), "--output_dir", str(tmp_path / "out")]
+    try:
+        result = evaluate_dito.main(evaluate_dito.parse_args(args + ["--steps", "1", "--skip_sweep"]))
+    finally:
+        reset_accelerate()
+    assert "--resolution" in result["skipped"]["swd"] and result["image_size"] is None
+    assert result["psnr"] is not None and result["sweep"] == []
+    assert [row["width"] for row in read_csv(tmp_path / "out" / "per_image.csv")] == ["32", "45"]
+    assert PIL.Image.open(tmp_path / "out" / "reconstructions.png").size == (3 * 45, 2 * 37)
+    assert not (tmp_path / "out" / "sweep.png").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--model": "no/such/folder"}, "not a folder"),
+        ({"--data_dir": "no/such/folder"}, "--data_dir"),
+        ({"--sweep_steps": "0"}, "expected an integer >= 1"),
+        ({"--samplers": "dpm"}, "invalid choice"),
+        ({"--error_gain": "0"}, "--error_gain"),
+    ],
+)
+def test_bad_arguments_stop_with_a_one_line_error(evaluate_dito, image_dir, model_dirs, change, message, capsys):
+    arguments = {"--model": str(model_dirs / "vae"), "--data_dir": str(image_dir)} | change
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_dito.parse_args([item for pair in arguments.items() for item in pair])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_folder_of_another_kind_and_an_empty_data_dir_are_refused(evaluate_dito, image_dir, tmp_path, capsys):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(SystemExit):
+        evaluate_dito.parse_args(["--model", str(tmp_path / "other"), "--data_dir", str(image_dir)])
+    assert "holds a AutoencoderKL" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_dito.parse_args(["--model", str(tmp_path / "other"), "--data_dir", str(tmp_path / "other")])
+
+
+def test_a_folder_without_a_readable_image_stops_with_a_message(evaluate_dito, model_dirs, tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "corrupt.png").write_bytes(b"\x89PNG broken")
+    args = ["--model", str(model_dirs / "vae"), "--data_dir", str(tmp_path / "images"), "--skip_sweep"]
+    try:
+        with pytest.raises(SystemExit, match="none of the 1 image files"):
+            evaluate_dito.main(evaluate_dito.parse_args([*args, "--output_dir", str(tmp_path / "out")]))
+    finally:
+        reset_accelerate()
+
+
+def test_num_processes_relaunches_only_outside_a_launcher(evaluate_dito, monkeypatch):
+    calls = []
+    monkeypatch.setattr(evaluate_dito.subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert evaluate_dito.relaunch_with_accelerate(1, "script.py", ["--x"]) is None  # one process: run here
+    assert evaluate_dito.relaunch_with_accelerate(2, "script.py", ["--x"]) == 0
+    ((command, env),) = calls
+    assert command[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"] and command[-2:] == ["script.py", "--x"]
+    assert command[command.index("--num_processes") + 1] == "2"
+    if not torch.cuda.is_available():
+        assert env["ACCELERATE_USE_CPU"] == "1"  # `--cpu` would silently start one process
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already launched: do the work
+    assert evaluate_dito.relaunch_with_accelerate(2, "script.py", []) is None
+    assert evaluate_dito.check_num_processes(3) == "--num_processes 3, but this process was launched as one of 2"
+
+
+def test_two_cpu_processes_share_the_images_and_match_one_process(evaluate_dito, run, image_dir, model_dirs, tmp_path):
+    out = tmp_path / "out"
+    args = ["--model", str(model_dirs / "pipeline"), "--data_dir", str(image_dir), "--output_dir", str(out)]
+    launched = []  # the command `--num_processes 2` re-launches this script with, run for real below
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        monkeypatch.setattr(evaluate_dito.subprocess, "call", lambda command, env: launched.append(command) or 0)
+        evaluate_dito.relaunch_with_accelerate(2, str(SCRIPT), [*args, *RUN_ARGS, "--num_processes", "2"])
+    result = subprocess.run(launched[0], env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["num_images"] == 4
+    rows = read_csv(out / "per_image.csv")
+    assert sorted(int(row["index"]) for row in rows) == [0, 1, 2, 3]  # every image exactly once
+    assert {row["process"] for row in rows} == {"0", "1"}  # both processes did some
+    # image i is decoded from noise seed + i on whichever process: the scores match the one-process run
+    single = read_csv(run[0] / "per_image.csv")
+    for row, reference in zip(rows, single):
+        assert float(row["psnr"]) == pytest.approx(float(reference["psnr"]), abs=0.05)
+    assert [r["nfe"] for r in metrics["sweep"]] == [r["nfe"] for r in run[1]["sweep"]]
+    assert metrics["swd"] == pytest.approx(run[1]["swd"], rel=0.05)
+
+
+def test_docstring_examples_run(evaluate_dito):
+    assert doctest.testmod(evaluate_dito, optionflags=doctest.ELLIPSIS).failed == 0
