@@ -1,4 +1,4 @@
-"""The `diffusers-dito` command line: reconstruct, generate, info, demo.
+"""The `diffusers-dito` command line: reconstruct, generate, info.
 
 Errors the user can fix (a missing path, an unreadable image, a class label out of range, ...) are printed as one
 line on stderr with exit code 2, never as a traceback.
@@ -7,7 +7,6 @@ Examples:
     diffusers-dito reconstruct --model my-dito photo.jpg other.png --out recon/ --steps 25 --seed 0
     diffusers-dito generate --model my-dito-dit --class-labels 1 7 --guidance-scale 2.0 --out samples/
     diffusers-dito info --model my-dito --resolution 256
-    diffusers-dito demo --output_dir dito-demo
 """
 
 import argparse
@@ -162,16 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=256, help="Image side for the latent shape.")
     p.set_defaults(func=_info)
 
-    p = verbs.add_parser("demo", help="Train dito-tiny on bundled photos, then reconstruct held-out crops.")
-    p.add_argument("demo_args", nargs=argparse.REMAINDER, help="Arguments of `python -m diffusers_dito.demo`.")
-    p.set_defaults(func=_demo)
     return parser
-
-
-def _demo(args) -> None:
-    from . import demo
-
-    demo.main(demo.parse_args(args.demo_args))
 
 
 def main(argv: list[str] | None = None) -> int:

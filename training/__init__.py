@@ -1,0 +1,18 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+"""Training scripts (one per stage) and the code they share.
+
+Stages, each a `parse_args()` / `main(args)` script:
+
+- `train_dito.py`: the DiTo autoencoder (or LoRA adapters on its decoder).
+- `train_latent_dit.py`: a class-conditional DiT on the latents of a trained, frozen DiTo.
+
+Shared modules: `arguments` (flags and start-up checks), `data` (image datasets, decoding, augmentation, samplers),
+`latent_cache` (latents encoded once to disk), `checkpointing` (save/load hooks, checkpoint limit, resume, EMA and
+LoRA state), `loop` (the optimisation loop, with exact resume) and `logging_utils` (accelerator set-up, step logs,
+validation grids). The losses themselves live in the package: `diffusers_dito.losses`.
+
+The scripts are run as files (`python training/train_dito.py`, `accelerate launch training/train_dito.py`), which puts
+`training/` itself, not the repository root, on `sys.path`. Each script therefore adds the repository root to
+`sys.path` before importing `training.<module>`, so the shared code is imported the same way when run as a file, as
+`python -m training.train_dito`, or from the tests.
+"""

@@ -1,0 +1,158 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+"""Flags that every training script has, and the start-up checks that go with them.
+
+Each script builds its own parser and adds these groups; every argument error is reported by `parser.error` (one line,
+exit code 2) before any data or model is loaded.
+"""
+
+import argparse
+import inspect
+import json
+import os
+from pathlib import Path
+
+from diffusers.utils import is_wandb_available
+
+from diffusers_dito import AutoencoderDiTo
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return number
+
+
+def config_file(path: str) -> Path:
+    """`path` itself, or the `config.json` inside it when it is a folder."""
+    return Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+
+
+def local_model_config(path: str, subfolder: str) -> dict | None:
+    """The config of a local model folder, or of the `subfolder` component of a local pipeline folder; None if
+    there is none (a hub id, or a path that does not exist)."""
+    for candidate in (Path(path) / subfolder / "config.json", Path(path) / "config.json"):
+        if candidate.is_file():
+            with open(candidate) as f:
+                return json.load(f)
+    return None
+
+
+def vae_config_value(config: dict, name: str):
+    """An AutoencoderDiTo config value, or its default when the config leaves it out."""
+    return config.get(name, inspect.signature(AutoencoderDiTo.__init__).parameters[name].default)
+
+
+def vae_downsample_factor(config: dict) -> int:
+    """f of an AutoencoderDiTo config (2 ** (number of encoder blocks - 1)), read without building the model."""
+    return 2 ** (len(vae_config_value(config, "block_out_channels")) - 1)
+
+
+# ------------------------------------------------------------------------------------------------ argument groups
+def add_data_source_arguments(group) -> None:
+    group.add_argument("--train_data_dir", type=str, default=None, help="A folder of images (datasets' imagefolder).")
+    group.add_argument("--dataset_name", type=str, default=None, help="A hub dataset id or a local dataset folder.")
+    group.add_argument("--dataset_config_name", type=str, default=None, help="The dataset's configuration name.")
+    group.add_argument("--image_column", type=str, default="image", help="The column holding the images.")
+    group.add_argument("--cache_dir", type=str, default=None, help="Where datasets and hub models are cached.")
+
+
+def add_data_loading_arguments(group, resolution_help: str, flip_help: str) -> None:
+    group.add_argument("--max_train_samples", type=positive_int, default=None, help="Use only the first N samples.")
+    group.add_argument("--resolution", type=positive_int, default=256, help=resolution_help)
+    group.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True, help=flip_help)
+    group.add_argument(
+        "--dataloader_num_workers", type=non_negative_int, default=0, help="0: load in the main process."
+    )
+
+
+def add_optimisation_arguments(
+    parser: argparse.ArgumentParser, title: str, weight_decay: float, ema_by_default: bool
+) -> None:
+    optim = parser.add_argument_group(title)
+    optim.add_argument("--learning_rate", type=float, default=1e-4, help="Constant learning rate after warm-up.")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=float, default=weight_decay)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up steps.")
+    optim.add_argument("--train_batch_size", type=positive_int, default=16, help="Batch size per device.")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--max_train_steps", type=positive_int, default=None, help="Overrides --num_train_epochs.")
+    optim.add_argument("--num_train_epochs", type=positive_int, default=100)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping; <= 0 disables it.")
+    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--seed", type=non_negative_int, default=0, help="Seeds init, data order and all noise.")
+    if ema_by_default:
+        optim.add_argument(
+            "--use_ema",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="Keep an EMA of the trained weights, used for validation and the final save.",
+        )
+    else:
+        optim.add_argument(
+            "--use_ema", action="store_true", help="Keep an EMA of the trained weights (saved at the end)."
+        )
+    optim.add_argument("--ema_decay", type=float, default=0.9999)
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, default_output_dir: str) -> None:
+    ckpt = parser.add_argument_group("checkpoints")
+    ckpt.add_argument(
+        "--output_dir", type=str, default=default_output_dir, help="Checkpoints, logs and the final model."
+    )
+    ckpt.add_argument("--checkpointing_steps", type=positive_int, default=500)
+    ckpt.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="Keep at most N.")
+    ckpt.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest".')
+
+
+def add_tracker_arguments(group, project_name: str) -> None:
+    group.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "all", "none"])
+    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+    group.add_argument("--tracker_project_name", type=str, default=project_name)
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser, title: str, target_modules: str, target_help: str) -> None:
+    lora = parser.add_argument_group(title)
+    lora.add_argument("--lora_rank", type=non_negative_int, default=0, help="0: train the whole model.")
+    lora.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: the rank).")
+    lora.add_argument("--lora_target_modules", type=str, default=target_modules, help=target_help)
+
+
+def add_debug_arguments(parser: argparse.ArgumentParser) -> None:
+    # Hidden: each rank writes what it saw (sample ids, loss statistics, weight digest) for the tests.
+    parser.add_argument("--debug_dump_dir", type=str, default=None, help=argparse.SUPPRESS)
+
+
+def lora_target_names(target_modules: str) -> list[str]:
+    return [m.strip() for m in target_modules.split(",") if m.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ start-up checks
+def check_data_source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if (args.train_data_dir is None) == (args.dataset_name is None):
+        parser.error("give exactly one of --train_data_dir and --dataset_name.")
+    if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
+        parser.error(f"--train_data_dir {args.train_data_dir} is not a folder.")
+
+
+def check_run_arguments(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, pretrained_flag: str, pretrained: str | None
+) -> None:
+    """Trackers, LoRA (which adapts the model given by `pretrained_flag`) and resuming."""
+    if args.report_to == "wandb" and not is_wandb_available():
+        parser.error("--report_to wandb needs `pip install wandb`.")
+    if args.lora_rank > 0 and pretrained is None:
+        parser.error(f"--lora_rank adapts a trained model: give it with {pretrained_flag}.")
+    if args.lora_rank > 0 and not lora_target_names(args.lora_target_modules):
+        parser.error("--lora_target_modules is empty.")
+    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
+        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a folder.")

@@ -1,0 +1,242 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+"""Checkpoints that hold `save_pretrained` folders, exact resume, and the EMA and LoRA state of a trained model.
+
+Adapted from diffusers `examples/unconditional_image_generation/train_unconditional.py` (accelerate save/load hooks,
+`--checkpoints_total_limit`, `--resume_from_checkpoint latest`). Every `checkpoint-N/` holds, for a model saved as
+`name` (`vae`, `transformer`):
+
+    name/            Model.from_pretrained("checkpoint-N/name")
+    name_ema/        the EMA weights, loadable the same way (with EMA)
+    name_lora/       instead of name/ with LoRA: the adapter (load with `model.load_lora_adapter`)
+    name_lora_ema/   the EMA of the adapter (with LoRA and EMA)
+    optimizer.bin, scheduler.bin, random_states_<rank>.pkl, custom_checkpoint_0.pkl (progress)
+"""
+
+import contextlib
+import hashlib
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from diffusers.training_utils import EMAModel, cast_training_params
+from peft import LoraConfig
+from peft.utils import set_peft_model_state_dict
+
+logger = get_logger(__name__, log_level="INFO")
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_adapter writes
+
+
+@dataclass
+class TrainingProgress:
+    """Saved with every checkpoint (accelerate custom state): where training stands, counted in data."""
+
+    global_step: int = 0  # optimizer steps taken (including skipped non-finite ones)
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` consumed on each process
+    images_seen: int = 0  # over all processes, corrupt images excluded
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
+    corrupt_images: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    return sorted((p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()), key=checkpoint_step)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, total_limit: int | None, global_step: int) -> None:
+    output_dir = Path(output_dir)
+    if accelerator.is_main_process and total_limit is not None:
+        # Make room for the new one: keep at most `total_limit` after saving.
+        checkpoints = list_checkpoints(output_dir)
+        for old in checkpoints[: max(0, len(checkpoints) - total_limit + 1)]:
+            logger.info(f"Removing {old} (--checkpoints_total_limit {total_limit})")
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    path = output_dir / f"checkpoint-{global_step}"
+    accelerator.save_state(str(path))  # on every process: each one saves its own random state
+    logger.info(f"Saved {path}")
+
+
+def register_checkpoint_hooks(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    name: str,
+    ema: EMAModel | None,
+    trainable: list[torch.nn.Parameter],
+    lora: bool,
+) -> TrainingProgress:
+    """Make `accelerator.save_state` write `save_pretrained` (or `save_lora_adapter`) folders of `model`, the one
+    model given to `accelerator.prepare` (inside a wrapper or not), and `load_state` read them back. Returns the
+    progress counter, saved with every checkpoint."""
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    if ema is not None and lora:
+        accelerator.register_for_checkpointing(ema)  # LoRA EMA has no model class to save_pretrained
+
+    def save_model_hook(models, weights, checkpoint_dir):
+        if accelerator.is_main_process:
+            if lora:
+                model.save_lora_adapter(os.path.join(checkpoint_dir, f"{name}_lora"))
+                if ema is not None:  # a loadable adapter with the EMA weights too
+                    with ema_weights(ema, trainable):
+                        model.save_lora_adapter(os.path.join(checkpoint_dir, f"{name}_lora_ema"))
+            else:
+                model.save_pretrained(os.path.join(checkpoint_dir, name))
+                if ema is not None:
+                    ema.save_pretrained(os.path.join(checkpoint_dir, f"{name}_ema"))
+        weights.clear()  # already saved above: keep accelerate from writing a second copy
+
+    def load_model_hook(models, checkpoint_dir):
+        models.pop()  # loaded here: keep accelerate from looking for its own weights file
+        if lora:
+            load_lora_state(model, os.path.join(checkpoint_dir, f"{name}_lora"))
+            return
+        loaded = type(model).from_pretrained(checkpoint_dir, subfolder=name)
+        model.load_state_dict(loaded.state_dict())
+        if ema is not None:
+            load_ema_folder(ema, os.path.join(checkpoint_dir, f"{name}_ema"), type(model))
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+    return progress
+
+
+def resume(
+    accelerator: Accelerator,
+    resume_from_checkpoint: str | None,
+    output_dir: str,
+    progress: TrainingProgress,
+    ema: EMAModel | None,
+    batches_per_epoch: int | None,
+) -> None:
+    """Restore the model, optimizer, LR scheduler, EMA, progress and RNG states from a checkpoint (`latest`: the
+    newest in `output_dir`, or none), then move `progress` past an epoch that the checkpoint ended."""
+    resume_path = None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(Path(output_dir))
+        resume_path = checkpoints[-1] if checkpoints else None
+        if resume_path is None:
+            logger.info(f"No checkpoint in {output_dir}: starting a new run.")
+    elif resume_from_checkpoint is not None:
+        resume_path = Path(resume_from_checkpoint)
+    if resume_path is not None:
+        logger.info(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        if ema is not None:
+            ema.to(accelerator.device)
+    if batches_per_epoch is not None and progress.batches_in_epoch >= batches_per_epoch:  # saved at an epoch's end
+        progress.epoch, progress.batches_in_epoch = progress.epoch + 1, 0
+
+
+def load_component(model_cls: type, path: str, component: str, cache_dir: str | None = None):
+    """A model saved alone (`save_pretrained`) or as the `component` subfolder of a pipeline folder."""
+    subfolder = component if os.path.isdir(os.path.join(path, component)) else None
+    return model_cls.from_pretrained(path, subfolder=subfolder, cache_dir=cache_dir)
+
+
+# --------------------------------------------------------------------------------------------------- EMA and LoRA
+def create_ema(
+    trainable: list[torch.nn.Parameter], model: torch.nn.Module, decay: float, lora: bool, device
+) -> EMAModel:
+    """diffusers' EMA of `trainable`; of a whole model it can `save_pretrained` (a LoRA adapter has no model class)."""
+    model_args = {} if lora else {"model_cls": type(model), "model_config": model.config}
+    ema = EMAModel(trainable, decay=decay, **model_args)
+    ema.to(device)
+    return ema
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel | None, params: list[torch.nn.Parameter]):
+    """Swap the EMA weights into `params` for the duration of the block (no-op without EMA)."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def load_ema_folder(ema: EMAModel, folder: str, model_cls: type) -> None:
+    """Restore an EMA written by `EMAModel.save_pretrained`: weights in the model file, counters in its config."""
+    state = {k: v for k, v in model_cls.load_config(folder).items() if k in ema.state_dict()}
+    state["shadow_params"] = [p.detach() for p in model_cls.from_pretrained(folder).parameters()]
+    ema.load_state_dict(state)
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, target_regex: str) -> None:
+    """Freeze the model and inject peft LoRA adapters into the modules whose full name matches `target_regex`."""
+    model.requires_grad_(False)
+    model.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=alpha if alpha is not None else rank,
+            target_modules=target_regex,  # a regex string: peft full-matches module names
+            init_lora_weights=True,  # B = 0, so training starts from the pretrained model exactly
+        )
+    )
+
+
+def setup_trained_weights(
+    model: torch.nn.Module, args, device: torch.device, mixed_precision: str, lora_target_regex: str
+) -> tuple[list[torch.nn.Parameter], EMAModel | None]:
+    """LoRA adapters (with --lora_rank), gradient checkpointing and the device; returns the trained parameters and
+    their EMA (with --use_ema)."""
+    lora = args.lora_rank > 0
+    if lora:
+        add_lora(model, args.lora_rank, args.lora_alpha, lora_target_regex)
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.to(device)
+    if lora:
+        cast_frozen_weights(model, mixed_precision)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ema = create_ema(trainable, model, args.ema_decay, lora, device) if args.use_ema else None
+    return trainable, ema
+
+
+def cast_frozen_weights(model: torch.nn.Module, mixed_precision: str) -> None:
+    """With LoRA and fp16/bf16: frozen weights in half precision save memory; the adapters stay fp32 for Adam."""
+    if mixed_precision in ("fp16", "bf16"):
+        model.to(dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
+        cast_training_params(model, dtype=torch.float32)
+
+
+def load_lora_state(model: torch.nn.Module, folder: str) -> None:
+    state = safetensors.torch.load_file(os.path.join(folder, LORA_WEIGHT_NAME))
+    result = set_peft_model_state_dict(model, state, adapter_name="default")
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{folder} holds LoRA weights this model has no slot for: {result.unexpected_keys[:4]}")
+
+
+def save_lora_adapter(model: torch.nn.Module, output_dir: str) -> None:
+    """The adapter weights alone, with their LoRA config in the file's metadata."""
+    model.save_lora_adapter(output_dir)
+    logger.info(f"Saved the LoRA adapter to {os.path.join(output_dir, LORA_WEIGHT_NAME)}")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
