@@ -56,7 +56,7 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         transformer: DiToDiTTransformer2DModel,
         vae: AutoencoderDiTo,
         scheduler: SchedulerMixin,
-        id2label: dict[int, str] | None = None,
+        id2label: dict | None = None,
     ):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
