@@ -197,8 +197,13 @@ def test_vae_slicing_and_tiling(tiny_config, clip_tokenizer):
 
     pipe.vae.enable_slicing()  # decodes image by image with the same noise per image
     np.testing.assert_allclose(sd_call(pipe, num_images_per_prompt=2), images, atol=1e-6, rtol=0)
-    with pytest.raises(NotImplementedError, match="Tiling"):  # a caveat, pinned: DiTo has no tiled decode
-        pipe.vae.enable_tiling()
+    pipe.vae.enable_tiling(tile_sample_size=16, tile_overlap=8)  # tiles smaller than the image: really tiled
+    calls = []
+    hook = pipe.vae.decoder_unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[-1]))
+    tiled = sd_call(pipe, num_images_per_prompt=2)
+    hook.remove()
+    assert_valid_np_images(tiled, batch_size=2)
+    assert set(calls) == {16}  # every decoder evaluation saw one 16-px tile
 
 
 def test_stable_diffusion_image_is_dito_decode_of_its_latents(tiny_config, clip_tokenizer):
