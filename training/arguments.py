@@ -15,6 +15,10 @@ from diffusers.utils import is_wandb_available
 
 from diffusers_dito import AutoencoderDiTo
 
+from .checkpointing import COMPLETE_MARKER, is_complete_checkpoint
+from .data import SMALL_IMAGE_POLICIES
+from .reliability import EXIT_CODE_SIGTERM
+
 
 def positive_int(value: str) -> int:
     number = int(value)
@@ -27,6 +31,13 @@ def non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return number
+
+
+def fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
     return number
 
 
@@ -71,6 +82,19 @@ def add_data_loading_arguments(group, resolution_help: str, flip_help: str) -> N
     group.add_argument(
         "--dataloader_num_workers", type=non_negative_int, default=0, help="0: load in the main process."
     )
+    group.add_argument(
+        "--small_image_policy",
+        type=str,
+        default="upscale",
+        choices=SMALL_IMAGE_POLICIES,
+        help="An image whose short side is under --resolution: upscale it (bicubic), or skip it (counted).",
+    )
+    group.add_argument(
+        "--max_bad_sample_fraction",
+        type=fraction,
+        default=0.05,
+        help="Stop when more than this share of the samples read could not be decoded (1: never stop).",
+    )
 
 
 def add_optimisation_arguments(
@@ -102,6 +126,12 @@ def add_optimisation_arguments(
             "--use_ema", action="store_true", help="Keep an EMA of the trained weights (saved at the end)."
         )
     optim.add_argument("--ema_decay", type=float, default=0.9999)
+    optim.add_argument(
+        "--max_nonfinite_steps",
+        type=positive_int,
+        default=20,
+        help="Stop after this many optimizer steps in a row skipped for a non-finite loss or gradient.",
+    )
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, default_output_dir: str) -> None:
@@ -112,6 +142,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, default_output_dir
     ckpt.add_argument("--checkpointing_steps", type=positive_int, default=500)
     ckpt.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="Keep at most N.")
     ckpt.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest".')
+    ckpt.add_argument(
+        "--checkpoint_on_sigterm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"On SIGTERM (pre-emption), save a checkpoint at the next step boundary, then exit with code "
+        f"{EXIT_CODE_SIGTERM}.",
+    )
 
 
 def add_tracker_arguments(group, project_name: str) -> None:
@@ -130,6 +167,9 @@ def add_lora_arguments(parser: argparse.ArgumentParser, title: str, target_modul
 def add_debug_arguments(parser: argparse.ArgumentParser) -> None:
     # Hidden: each rank writes what it saw (sample ids, loss statistics, weight digest) for the tests.
     parser.add_argument("--debug_dump_dir", type=str, default=None, help=argparse.SUPPRESS)
+    # Hidden: `step-K` (after step K) or `save-K` (inside the save of checkpoint-K, before it is complete): touch
+    # output_dir/.debug-paused-<event> and wait for SIGTERM, so that the tests can kill the run at a known point.
+    parser.add_argument("--debug_pause_at", type=str, default=None, help=argparse.SUPPRESS)
 
 
 def lora_target_names(target_modules: str) -> list[str]:
@@ -154,5 +194,11 @@ def check_run_arguments(
         parser.error(f"--lora_rank adapts a trained model: give it with {pretrained_flag}.")
     if args.lora_rank > 0 and not lora_target_names(args.lora_target_modules):
         parser.error("--lora_target_modules is empty.")
-    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
-        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a folder.")
+    if args.resume_from_checkpoint not in (None, "latest"):
+        if not os.path.isdir(args.resume_from_checkpoint):
+            parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a folder.")
+        if not is_complete_checkpoint(args.resume_from_checkpoint):
+            parser.error(
+                f"--resume_from_checkpoint {args.resume_from_checkpoint} is incomplete (no {COMPLETE_MARKER}): its "
+                "save was interrupted. Give an older checkpoint, or `latest` for the newest complete one."
+            )

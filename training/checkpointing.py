@@ -10,10 +10,16 @@ Adapted from diffusers `examples/unconditional_image_generation/train_unconditio
     name_lora/       instead of name/ with LoRA: the adapter (load with `model.load_lora_adapter`)
     name_lora_ema/   the EMA of the adapter (with LoRA and EMA)
     optimizer.bin, scheduler.bin, random_states_<rank>.pkl, custom_checkpoint_0.pkl (progress)
+    checkpoint_complete.json   written last: a folder without it is ignored
+
+A checkpoint is written atomically: into output_dir/.tmp-checkpoint-N, completed with its marker, then renamed to
+checkpoint-N, and only then are old checkpoints removed (renamed to .tmp-delete-checkpoint-N first). A kill at any
+moment leaves the previous checkpoints complete; `.tmp-*` leftovers are removed when the next run starts.
 """
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -30,6 +36,12 @@ from peft.utils import set_peft_model_state_dict
 logger = get_logger(__name__, log_level="INFO")
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_adapter writes
+COMPLETE_MARKER = "checkpoint_complete.json"
+TMP_PREFIX = ".tmp-"  # checkpoints being written or deleted; never `checkpoint-*`, so never resumed from
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """The weights to be saved hold NaN or infinity."""
 
 
 @dataclass
@@ -39,9 +51,11 @@ class TrainingProgress:
     global_step: int = 0  # optimizer steps taken (including skipped non-finite ones)
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` consumed on each process
-    images_seen: int = 0  # over all processes, corrupt images excluded
+    images_seen: int = 0  # over all processes, corrupt and too-small images excluded
     skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
-    corrupt_images: int = 0
+    nonfinite_streak: int = 0  # of those, how many in a row up to now
+    corrupt_images: int = 0  # unreadable files
+    too_small_images: int = 0  # skipped by --small_image_policy skip
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -56,22 +70,92 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[1])
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    return sorted((p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()), key=checkpoint_step)
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / COMPLETE_MARKER).is_file()
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str, total_limit: int | None, global_step: int) -> None:
+def list_checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
+    """`checkpoint-N` folders by step: the complete ones, or (complete=False) those missing their marker."""
+    folders = (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    return sorted((p for p in folders if is_complete_checkpoint(p) == complete), key=checkpoint_step)
+
+
+def check_finite_weights(model: torch.nn.Module, ema: EMAModel | None, what: str) -> None:
+    """Refuse to save NaN or infinite weights (model or EMA): raise NonFiniteWeightsError naming a few tensors."""
+    tensors = [(name, t) for name, t in model.state_dict().items() if t.is_floating_point()]
+    if ema is not None:
+        tensors += [(f"EMA of trained tensor {i}", t) for i, t in enumerate(ema.shadow_params)]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).cpu()  # one sync for all tensors
+    bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"Refusing to save {what}: {len(bad)} weight tensors hold NaN or infinity ({', '.join(bad[:4])}). The "
+            "previous checkpoints are untouched; resume from the latest with a lower --learning_rate."
+        )
+
+
+def _fsync(paths: list[Path]) -> None:
+    """Flush files and folders to disk, so that even a power cut cannot leave a complete-looking checkpoint over
+    missing data. Folders cannot be opened for syncing on some systems: skipped there."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Rename out of the `checkpoint-*` namespace first (atomic), so a half-deleted folder is never resumed from."""
+    trash = path.with_name(f"{TMP_PREFIX}delete-{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str,
+    total_limit: int | None,
+    global_step: int,
+    model: torch.nn.Module,
+    ema: EMAModel | None,
+    pause=None,
+) -> Path:
+    """Write checkpoint-`global_step` atomically (see the module docstring), then drop the oldest complete
+    checkpoints beyond `total_limit`. Refuses non-finite weights before writing anything. `pause(event)` is the
+    tests' hook inside the save. Every process calls this."""
     output_dir = Path(output_dir)
-    if accelerator.is_main_process and total_limit is not None:
-        # Make room for the new one: keep at most `total_limit` after saving.
-        checkpoints = list_checkpoints(output_dir)
-        for old in checkpoints[: max(0, len(checkpoints) - total_limit + 1)]:
-            logger.info(f"Removing {old} (--checkpoints_total_limit {total_limit})")
-            shutil.rmtree(old)
+    final = output_dir / f"checkpoint-{global_step}"
+    check_finite_weights(model, ema, final.name)  # the same weights, hence the same verdict, on every rank
+    tmp = output_dir / f"{TMP_PREFIX}{final.name}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)  # left by an interrupted save of the same step
     accelerator.wait_for_everyone()
-    path = output_dir / f"checkpoint-{global_step}"
-    accelerator.save_state(str(path))  # on every process: each one saves its own random state
-    logger.info(f"Saved {path}")
+    accelerator.save_state(str(tmp))  # on every process: each one saves its own random state
+    if pause is not None:
+        pause(f"save-{global_step}")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _fsync(sorted(tmp.rglob("*"), reverse=True))  # the data first, then the marker that vouches for it
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"global_step": global_step}) + "\n")
+        _fsync([tmp / COMPLETE_MARKER, tmp])
+        if final.exists():  # from an earlier pass over this step (a run resumed from an older checkpoint)
+            _remove_checkpoint(final)
+        os.rename(tmp, final)
+        _fsync([output_dir])  # the rename itself
+        logger.info(f"Saved {final}")
+        if total_limit is not None:  # only now that the new one is complete, and only complete ones
+            older = [p for p in list_checkpoints(output_dir) if p != final]
+            for old in older[: max(0, len(older) + 1 - total_limit)]:
+                logger.info(f"Removing {old} (--checkpoints_total_limit {total_limit})")
+                _remove_checkpoint(old)
+    accelerator.wait_for_everyone()
+    return final
 
 
 def register_checkpoint_hooks(
@@ -127,13 +211,22 @@ def resume(
     batches_per_epoch: int | None,
 ) -> None:
     """Restore the model, optimizer, LR scheduler, EMA, progress and RNG states from a checkpoint (`latest`: the
-    newest in `output_dir`, or none), then move `progress` past an epoch that the checkpoint ended."""
+    newest complete one in `output_dir`, or none), then move `progress` past an epoch that the checkpoint ended.
+    Removes the `.tmp-*` leftovers of interrupted saves first."""
+    output_dir = Path(output_dir)
+    if accelerator.is_main_process and output_dir.is_dir():
+        for leftover in sorted(output_dir.glob(f"{TMP_PREFIX}*checkpoint-*")):
+            logger.warning(f"Removing {leftover}, left by an interrupted checkpoint save or removal")
+            shutil.rmtree(leftover)
+    accelerator.wait_for_everyone()
     resume_path = None
     if resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(Path(output_dir))
+        for incomplete in list_checkpoints(output_dir, complete=False):
+            logger.warning(f"Ignoring {incomplete}: it has no {COMPLETE_MARKER}, so its save did not finish")
+        checkpoints = list_checkpoints(output_dir)
         resume_path = checkpoints[-1] if checkpoints else None
         if resume_path is None:
-            logger.info(f"No checkpoint in {output_dir}: starting a new run.")
+            logger.info(f"No complete checkpoint in {output_dir}: starting a new run.")
     elif resume_from_checkpoint is not None:
         resume_path = Path(resume_from_checkpoint)
     if resume_path is not None:

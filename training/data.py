@@ -3,6 +3,11 @@
 
 Every random choice is a pure function of (seed, epoch, sample index) so that a resumed run replays the data exactly
 (the scheme of NVlabs/edm2 `training/training_loop.py`): no random stream is carried from one step to the next.
+
+A sample that cannot be used keeps its slot in the batch with zero weight (`valid` False), so batches keep their
+shape and every rank its step count: an unreadable file (corrupt, truncated, not an image) is logged with its path
+and counted, and with `--small_image_policy skip` an image whose short side is under `--resolution` is counted as
+`too_small`. The loop stops the run when unreadable files pass `--max_bad_sample_fraction` (docs/reliability.md).
 """
 
 import argparse
@@ -16,6 +21,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from diffusers_dito.image_utils import to_rgb
+
 # Dataloader workers have no accelerate state, so the data code logs through the standard library.
 logger = logging.getLogger(__name__)
 
@@ -25,31 +32,70 @@ def seed_from(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0])
 
 
+SMALL_IMAGE_POLICIES = ("upscale", "skip")  # for an image whose short side is under the crop size
+BAD_FILE_LOG_FIRST = 10  # unreadable files logged one by one; after that only the 16th, 32nd, 64th... (per process)
+_bad_files_seen = 0  # in this process (each dataloader worker counts its own)
+
+
+def image_source(value) -> str:
+    """Where a datasets cell came from, for the logs: its path, or a description of in-memory data."""
+    if isinstance(value, dict):
+        return value.get("path") or f"<{len(value.get('bytes') or b'')} bytes>"
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, PIL.Image.Image):
+        return getattr(value, "filename", "") or "<in-memory image>"
+    return f"<{type(value).__name__}>"
+
+
+def _log_bad_file(value, error: Exception) -> None:
+    """Rate-limited: a dataset with thousands of broken files must not drown the training log."""
+    global _bad_files_seen
+    _bad_files_seen += 1
+    count = _bad_files_seen
+    if count <= BAD_FILE_LOG_FIRST or count & (count - 1) == 0:
+        more = " (from now on only every power of 2 is logged)" if count == BAD_FILE_LOG_FIRST else ""
+        logger.warning(
+            f"Skipping unreadable image {image_source(value)} ({type(error).__name__}: {error}); "
+            f"{count} so far in process {os.getpid()}{more}."
+        )
+
+
 def decode_image(value) -> PIL.Image.Image | None:
-    """An RGB image from a datasets cell (Image(decode=False) dict, PIL image, path or bytes); None if corrupt."""
+    """An 8-bit RGB image from a datasets cell (Image(decode=False) dict, PIL image, path or bytes); None if the file
+    is corrupt, truncated or not an image (logged with its path). Grayscale, 16-bit, alpha, palette and CMYK images are
+    converted by `diffusers_dito.image_utils.to_rgb`."""
     try:
-        if isinstance(value, dict):
-            value = value["bytes"] if value.get("bytes") else value["path"]
-        if isinstance(value, (bytes, bytearray)):
-            value = io.BytesIO(value)
-        image = value if isinstance(value, PIL.Image.Image) else PIL.Image.open(value)
+        source = value
+        if isinstance(source, dict):
+            source = source["bytes"] if source.get("bytes") else source["path"]
+        if isinstance(source, (bytes, bytearray)):
+            source = io.BytesIO(source)
+        image = source if isinstance(source, PIL.Image.Image) else PIL.Image.open(source)
         image.load()  # PIL decodes lazily: force it here, inside the try
-        return image.convert("RGB")
+        return to_rgb(image)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError... for bad files
-        logger.warning(f"Skipping an unreadable image ({type(e).__name__}: {e}).")
+        _log_bad_file(value, e)
         return None
 
 
+def is_too_small(image: PIL.Image.Image, resolution: int) -> bool:
+    return min(image.size) < resolution
+
+
 def resize_and_crop(image: PIL.Image.Image, resolution: int, rng: np.random.Generator | None = None, flip=False):
-    """Resize the short side to `resolution`, crop a square (random with `rng`, else central), maybe flip."""
+    """Scale the short side to `resolution` (bicubic, up or down), crop a square (random with `rng`, else central),
+    maybe flip. Only the crop is resampled (`resize(box=...)`), so a huge or very elongated image costs no more than
+    a square one: a 1x50000 strip upscaled whole would need gigabytes."""
     scale = resolution / min(image.size)
     width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
-    image = image.resize((width, height), PIL.Image.Resampling.BICUBIC)
     if rng is None:
         left, top = (width - resolution) // 2, (height - resolution) // 2
     else:
         left, top = int(rng.integers(0, width - resolution + 1)), int(rng.integers(0, height - resolution + 1))
-    image = image.crop((left, top, left + resolution, top + resolution))
+    sx, sy = width / image.width, height / image.height  # scaled / source pixels, along each axis
+    box = (left / sx, top / sy, (left + resolution) / sx, (top + resolution) / sy)  # the crop, in source pixels
+    image = image.resize((resolution, resolution), PIL.Image.Resampling.BICUBIC, box=box)
     if rng is not None and flip and rng.random() < 0.5:
         image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)  # (R, R, 3) in [-1, 1]
@@ -68,15 +114,22 @@ class _ImageSamples:
         seed: int,
         label_column: str | None = None,
         random_crop: bool = True,
+        small_image_policy: str = "upscale",
     ):
+        if small_image_policy not in SMALL_IMAGE_POLICIES:
+            raise ValueError(f"small_image_policy must be one of {SMALL_IMAGE_POLICIES}, not {small_image_policy!r}")
         self.hf_dataset, self.image_column, self.label_column = hf_dataset, image_column, label_column
         self.resolution, self.random_flip, self.random_crop = resolution, random_flip, random_crop
+        self.small_image_policy = small_image_policy
         self.seed, self.epoch = seed, 0
 
     def sample(self, example: dict, position: int) -> dict:
-        """`pixel_values` (3, R, R) in [-1, 1], or None for an unreadable image; `label` with a label column."""
+        """`pixel_values` (3, R, R) in [-1, 1], or None for an unreadable image or (policy `skip`) one smaller than
+        the crop, which also sets `too_small`; `label` with a label column."""
         image = decode_image(example[self.image_column])
-        pixels = None
+        pixels, too_small = None, False
+        if image is not None and self.small_image_policy == "skip" and is_too_small(image, self.resolution):
+            image, too_small = None, True
         if image is not None:
             rng = np.random.default_rng(seed_from(self.seed, self.epoch, position))
             if self.random_crop:  # the DiTo paper's augmentation: random crop, random flip
@@ -84,7 +137,7 @@ class _ImageSamples:
             else:  # DiT's: centre crop, random flip (the same flip draw as a latent cache's, see latent_cache.py)
                 pixels = resize_and_crop(image, self.resolution)
                 pixels = pixels.flip(-1) if self.random_flip and rng.random() < 0.5 else pixels
-        sample = {"index": position, "pixel_values": pixels}
+        sample = {"index": position, "pixel_values": pixels, "too_small": too_small}
         if self.label_column is not None:
             sample["label"] = int(example[self.label_column])
         return sample
@@ -119,14 +172,20 @@ class StreamingImageDataset(_ImageSamples, torch.utils.data.IterableDataset):
 
 
 def collate_samples(examples: list[dict], key: str, shape: tuple[int, ...]) -> dict:
-    """Stack a batch of `key` tensors of `shape`; a missing one (an unreadable image) keeps its slot as zeros with
-    valid=False, so every tensor stays per-sample. Labels are stacked too when the samples have them."""
+    """Stack a batch of `key` tensors of `shape`; a missing one (an unreadable or skipped image) keeps its slot as
+    zeros with valid=False, so every tensor stays per-sample; `too_small` tells the skipped ones. Labels are stacked
+    too when the samples have them."""
     values = torch.zeros(len(examples), *shape)  # (B, *shape)
     valid = torch.tensor([e[key] is not None for e in examples])  # (B,)
     for i, example in enumerate(examples):
         if example[key] is not None:
             values[i] = example[key]
-    batch = {key: values, "valid": valid, "index": torch.tensor([e["index"] for e in examples])}
+    batch = {
+        key: values,
+        "valid": valid,
+        "too_small": torch.tensor([e.get("too_small", False) for e in examples]),  # (B,)
+        "index": torch.tensor([e["index"] for e in examples]),
+    }
     if "label" in examples[0]:
         batch["label"] = torch.tensor([e["label"] for e in examples])  # (B,)
     return batch
@@ -214,15 +273,18 @@ def class_names(hf_dataset, label_column: str) -> list[str]:
     raise ValueError(f"--label_column {label_column!r} must hold class ids (ClassLabel or integers), not {feature}.")
 
 
-def load_validation_images(hf_dataset, image_column: str, count: int, resolution: int) -> torch.Tensor:
-    """The first `count` readable images of the (unshuffled) dataset, centre-cropped: the same set at every step."""
+def load_validation_images(
+    hf_dataset, image_column: str, count: int, resolution: int, small_image_policy: str = "upscale"
+) -> torch.Tensor:
+    """The first `count` usable images of the (unshuffled) dataset, centre-cropped: the same set at every step."""
     images = []
     for example in hf_dataset:
         image = decode_image(example[image_column])
-        if image is not None:
+        if image is not None and not (small_image_policy == "skip" and is_too_small(image, resolution)):
             images.append(resize_and_crop(image, resolution))
         if len(images) == count:
             break
     if not images:
-        raise ValueError("The dataset holds no readable image.")
+        extra = f" of at least {resolution}x{resolution} pixels" if small_image_policy == "skip" else ""
+        raise ValueError(f"The dataset holds no readable image{extra}.")
     return torch.stack(images)  # (N, 3, R, R)

@@ -6,7 +6,8 @@ flip is chosen at training time with the same draw as `data.ImageDataset(random_
 cache sees the same inputs as encoding on the fly. The folder holds
 
     shard-00000.latents.npy   float32 (n, 2, C, h, w): raw encoder latents of each image, then of its flip
-    shard-00000.labels.npy    int64 (n,): class ids; -1 for an image that could not be read
+    shard-00000.labels.npy    int64 (n,): class ids; -1 for an image that could not be read, -2 for one smaller than
+                              the crop with --small_image_policy skip
     index.json                written last, so a cache without it is incomplete and is encoded again
 
 Shard k holds the images [k·shard_size, (k+1)·shard_size) of the dataset, and each process encodes every
@@ -35,6 +36,7 @@ logger = get_logger(__name__, log_level="INFO")
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
+UNREADABLE, TOO_SMALL = -1, -2  # the label of a sample that has no latents
 
 
 def is_complete(folder: str | os.PathLike) -> bool:
@@ -55,6 +57,7 @@ def fingerprint(args: argparse.Namespace, vae: torch.nn.Module) -> dict:
         "image_column": args.image_column,
         "label_column": args.label_column,
         "max_train_samples": args.max_train_samples,
+        "small_image_policy": args.small_image_policy,
     }
 
 
@@ -90,7 +93,14 @@ def write_cache(
     folder.mkdir(parents=True, exist_ok=True)
     resolution, shard_size = args.resolution, args.cache_shard_size
     dataset = ImageDataset(
-        hf_dataset, args.image_column, resolution, False, 0, label_column=args.label_column, random_crop=False
+        hf_dataset,
+        args.image_column,
+        resolution,
+        False,
+        0,
+        label_column=args.label_column,
+        random_crop=False,
+        small_image_policy=args.small_image_policy,
     )
     latent_size = resolution // vae.downsample_factor
     latent_shape = (vae.config.latent_channels, latent_size, latent_size)
@@ -106,7 +116,7 @@ def write_cache(
             collate_fn=functools.partial(collate_samples, key="pixel_values", shape=(3, resolution, resolution)),
         )
         latents = np.zeros((len(indices), 2, *latent_shape), dtype=np.float32)  # (n, 2, C, h, w)
-        labels = np.full(len(indices), -1, dtype=np.int64)  # (n,)
+        labels = np.full(len(indices), UNREADABLE, dtype=np.int64)  # (n,)
         row = 0
         for batch in loader:
             pixels = batch["pixel_values"].to(accelerator.device)  # (B, 3, R, R)
@@ -114,14 +124,16 @@ def write_cache(
                 z = vae.encode(torch.cat([pixels, pixels.flip(-1)])).latents.float().cpu()  # (2B, C, h, w)
             size = len(pixels)
             latents[row : row + size] = torch.stack([z[:size], z[size:]], dim=1).numpy()  # (B, 2, C, h, w)
-            labels[row : row + size] = torch.where(batch["valid"], batch["label"], -1).numpy()
+            missing = torch.where(batch["too_small"], TOO_SMALL, UNREADABLE)  # (B,)
+            labels[row : row + size] = torch.where(batch["valid"], batch["label"], missing).numpy()
             row += size
         _save_npy(folder / f"shard-{shard:05d}.latents.npy", latents)
         _save_npy(folder / f"shard-{shard:05d}.labels.npy", labels)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unreadable = sum(int((np.load(folder / f"shard-{k:05d}.labels.npy") < 0).sum()) for k in range(num_shards))
+        all_labels = np.concatenate([np.load(folder / f"shard-{k:05d}.labels.npy") for k in range(num_shards)])
+        unreadable, too_small = int((all_labels == UNREADABLE).sum()), int((all_labels == TOO_SMALL).sum())
         index = {
             "format_version": FORMAT_VERSION,
             "num_samples": len(dataset),
@@ -130,12 +142,16 @@ def write_cache(
             "latent_shape": list(latent_shape),
             "class_names": class_names,
             "unreadable_images": unreadable,
+            "too_small_images": too_small,
             "fingerprint": cache_fingerprint,
         }
         tmp = folder / (INDEX_NAME + ".tmp")
         tmp.write_text(json.dumps(index, indent=2) + "\n")
         os.replace(tmp, folder / INDEX_NAME)
-        logger.info(f"Wrote the latent cache {folder} ({len(dataset)} images, {unreadable} unreadable)")
+        logger.info(
+            f"Wrote the latent cache {folder} ({len(dataset)} images, {unreadable} unreadable, {too_small} skipped as "
+            "smaller than --resolution)"
+        )
     accelerator.wait_for_everyone()
 
 
@@ -173,8 +189,8 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         shard, row = divmod(index, self.index["shard_size"])
         latents, labels = self._shard(shard)
         label = int(labels[row])
-        if label < 0:  # an unreadable image: a zero-weight slot, like in the image datasets
-            return {"index": index, "latents": None, "label": 0}
+        if label < 0:  # an unreadable or skipped image: a zero-weight slot, like in the image datasets
+            return {"index": index, "latents": None, "label": 0, "too_small": label == TOO_SMALL}
         rng = np.random.default_rng(seed_from(self.seed, self.epoch, index))
         flip = self.random_flip and rng.random() < 0.5
         return {"index": index, "latents": torch.from_numpy(np.array(latents[row, int(flip)])), "label": label}

@@ -68,20 +68,31 @@ def log_banner(
 
 class StepStatistics:
     """Sums over one optimizer step, kept in one tensor so that a single all-reduce gathers them from every rank:
-    loss, samples, corrupt slots, the count of each named per-sample flag (noise-synced, class-dropped...), then the
-    loss and sample count of each flow-time bucket."""
+    loss, samples, unreadable slots, too-small slots, the count of each named per-sample flag (noise-synced,
+    class-dropped...), then the loss and sample count of each flow-time bucket."""
+
+    HEAD = 4  # loss, samples, unreadable, too small
 
     def __init__(self, device: torch.device, flag_logs: dict[str, str]):
         self.flag_logs = flag_logs  # flag name -> the log key of its fraction of the step's samples
-        self.sums = torch.zeros(3 + len(flag_logs) + 2 * NUM_T_BUCKETS, device=device)
+        self.sums = torch.zeros(self.HEAD + len(flag_logs) + 2 * NUM_T_BUCKETS, device=device)
         self.start = time.perf_counter()
 
-    def add(self, per_sample_loss: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, **flags: torch.Tensor):
-        """One micro-batch: (B,) losses, flow times and validity weights, and (B,) tensors of the named flags."""
+    def add(
+        self,
+        per_sample_loss: torch.Tensor,
+        t: torch.Tensor,
+        valid: torch.Tensor,
+        too_small: torch.Tensor,
+        **flags: torch.Tensor,
+    ):
+        """One micro-batch: (B,) losses, flow times, validity weights and too-small flags (skipped, not unreadable),
+        and (B,) tensors of the named flags."""
         per_sample_loss = per_sample_loss.detach()  # (B,)
+        too_small = too_small.to(device=valid.device, dtype=valid.dtype)  # (B,)
         buckets = (t * NUM_T_BUCKETS).long().clamp(max=NUM_T_BUCKETS - 1)  # (B,)
         in_bucket = torch.nn.functional.one_hot(buckets, NUM_T_BUCKETS).to(valid.dtype) * valid[:, None]  # (B, K)
-        head = [(per_sample_loss * valid).sum(), valid.sum(), (1 - valid).sum()]
+        head = [(per_sample_loss * valid).sum(), valid.sum(), (1 - valid - too_small).sum(), too_small.sum()]
         head += [(flags[name] * valid).sum() for name in self.flag_logs]
         self.sums += torch.cat([torch.stack(head), in_bucket.T @ per_sample_loss, in_bucket.sum(0)])
 
@@ -105,17 +116,21 @@ class StepStatistics:
     def corrupt(totals: torch.Tensor) -> int:
         return int(totals[2])
 
+    @staticmethod
+    def too_small(totals: torch.Tensor) -> int:
+        return int(totals[3])
+
     def flag_count(self, totals: torch.Tensor, name: str) -> float:
-        return float(totals[3 + list(self.flag_logs).index(name)])
+        return float(totals[self.HEAD + list(self.flag_logs).index(name)])
 
     def logs(self, totals: torch.Tensor) -> dict[str, float]:
         """Loss, flag fractions, throughput and the loss per flow-time bucket."""
         samples = totals[1].clamp_min(1.0)
         logs = {"loss": (totals[0] / samples).item()}
         for i, key in enumerate(self.flag_logs.values()):
-            logs[key] = (totals[3 + i] / samples).item()
+            logs[key] = (totals[self.HEAD + i] / samples).item()
         logs["images_per_sec"] = totals[1].item() / max(time.perf_counter() - self.start, 1e-9)
-        first = 3 + len(self.flag_logs)
+        first = self.HEAD + len(self.flag_logs)
         bucket_loss, bucket_count = totals[first : first + NUM_T_BUCKETS], totals[first + NUM_T_BUCKETS :]
         for k in range(NUM_T_BUCKETS):
             if bucket_count[k] > 0:

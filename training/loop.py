@@ -5,9 +5,13 @@ It follows diffusers' `train_unconditional.py` (`accelerator.accumulate`, gradie
 one tqdm bar, `accelerator.log`) and NVlabs/edm2's exact resume: the loss's `torch.Generator` is reseeded for every
 micro-batch from (seed, rank, epoch, batch), the data order and augmentation from (seed, epoch[, index]), and
 `accelerator.skip_first_batches` restores the data position. A resumed run is then bit-identical to one never stopped.
+
+At every step boundary the loop also applies the checks of reliability.py (non-finite streaks, unreadable data, a
+SIGTERM to save on); docs/reliability.md describes them.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,9 +26,26 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpointing import TrainingProgress, ema_weights, save_checkpoint, weights_digest
+from .checkpointing import (
+    NonFiniteWeightsError,
+    TrainingProgress,
+    check_finite_weights,
+    ema_weights,
+    save_checkpoint,
+    weights_digest,
+)
 from .data import seed_from
 from .logging_utils import StepStatistics
+from .reliability import (
+    EXIT_CODE_SIGTERM,
+    BadDataError,
+    NonFiniteStreak,
+    NonFiniteTrainingError,
+    StopRequest,
+    check_bad_samples,
+    debug_pause,
+    resident_memory_bytes,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -52,6 +73,8 @@ class LoopRecord:
     sample_indices: list[int] = field(default_factory=list)
     flag_totals: dict[str, float] = field(default_factory=dict)
     samples_total: float = 0.0
+    rss_bytes: list[int] = field(default_factory=list)  # resident memory after each step (the soak benchmark)
+    interrupted: bool = False  # stopped by SIGTERM, after saving a checkpoint
 
 
 def create_optimizer(trainable: list[torch.nn.Parameter], args: argparse.Namespace, accelerator: Accelerator):
@@ -126,73 +149,80 @@ def train_loop(
         desc="Steps",
         disable=not accelerator.is_local_main_process,
     )
+    record = LoopRecord(flag_totals=dict.fromkeys(flag_logs, 0.0))
     generator = torch.Generator(device=accelerator.device)
     max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
     stats = StepStatistics(accelerator.device, flag_logs)
-    record = LoopRecord(flag_totals=dict.fromkeys(flag_logs, 0.0))
+    streak = NonFiniteStreak(args.max_nonfinite_steps, progress.nonfinite_streak)
+    limit, bad_fraction = args.checkpoints_total_limit, args.max_bad_sample_fraction
 
-    for epoch in range(first_epoch, schedule.num_train_epochs):
-        if progress.global_step >= schedule.max_train_steps:
-            break
-        progress.epoch = epoch
-        # accelerate re-applies its own epoch counter to the sampler and dataset on every pass (and a
-        # `skip_first_batches` copy starts from it): pin it, so a resumed run sees the same epoch numbers.
-        train_dataloader.set_epoch(epoch)
-        for item in epoch_aware:
-            item.set_epoch(epoch)
-        skip = resume_batches if epoch == first_epoch else 0
-        progress.batches_in_epoch = skip
-        active_dataloader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
-        for batch in active_dataloader:
-            with accelerator.accumulate(model):
-                # The loss's noise and times: a fresh stream per (rank, epoch, batch), restored exactly on resume.
-                generator.manual_seed(
-                    seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
-                )
-                terms = compute_loss(batch, generator)
-                valid = batch["valid"].to(terms.per_sample_loss.dtype)  # (B,): unreadable images weigh nothing
-                loss = (terms.per_sample_loss * valid).sum() / valid.sum().clamp_min(1.0)
-                accelerator.backward(loss)
+    def pause(event: str) -> None:
+        if accelerator.is_main_process:
+            debug_pause(event, args.debug_pause_at, args.output_dir, stop)
 
-                stats.add(terms.per_sample_loss, terms.t, valid, **terms.flags)
-                if args.debug_dump_dir is not None:
-                    record.sample_indices += batch["index"][batch["valid"]].tolist()
-
-                if accelerator.sync_gradients:
-                    grad_norm, totals, skipped = optimizer_step(
-                        accelerator, optimizer, lr_scheduler, trainable, max_grad_norm, stats
+    with guard_run(accelerator, args.checkpoint_on_sigterm) as stop:
+        for epoch in range(first_epoch, schedule.num_train_epochs):
+            if progress.global_step >= schedule.max_train_steps or record.interrupted:
+                break
+            progress.epoch = epoch
+            # accelerate re-applies its own epoch counter to the sampler and dataset on every pass (and a
+            # `skip_first_batches` copy starts from it): pin it, so a resumed run sees the same epoch numbers.
+            train_dataloader.set_epoch(epoch)
+            for item in epoch_aware:
+                item.set_epoch(epoch)
+            skip = resume_batches if epoch == first_epoch else 0
+            progress.batches_in_epoch = skip
+            usable_in_pass = 0  # samples that trained, in the batches of this pass
+            active_dataloader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+            for batch in active_dataloader:
+                with accelerator.accumulate(model):
+                    # The loss's noise and times: a fresh stream per (rank, epoch, batch), restored exactly on resume.
+                    generator.manual_seed(
+                        seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
                     )
-            progress.batches_in_epoch += 1
+                    terms = compute_loss(batch, generator)
+                    valid = batch["valid"].to(terms.per_sample_loss.dtype)  # (B,): unusable images weigh nothing
+                    loss = (terms.per_sample_loss * valid).sum() / valid.sum().clamp_min(1.0)
+                    accelerator.backward(loss)
 
-            if accelerator.sync_gradients:
-                progress.global_step += 1
-                progress.images_seen += stats.samples(totals)
-                progress.corrupt_images += stats.corrupt(totals)
-                progress.skipped_steps += int(skipped)
-                record.samples_total += stats.samples(totals)
-                for name in flag_logs:
-                    record.flag_totals[name] += stats.flag_count(totals, name)
-                if skipped:
-                    logger.warning(f"step {progress.global_step}: non-finite loss or gradient, optimizer step skipped")
-                elif ema is not None:
+                    stats.add(terms.per_sample_loss, terms.t, valid, batch["too_small"], **terms.flags)
+                    if args.debug_dump_dir is not None:
+                        record.sample_indices += batch["index"][batch["valid"]].tolist()
+
+                    if accelerator.sync_gradients:
+                        grad_norm, totals, skipped = optimizer_step(
+                            accelerator, optimizer, lr_scheduler, trainable, max_grad_norm, stats
+                        )
+                progress.batches_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+
+                # ---- a step boundary: every rank holds the same all-reduced `totals`, so takes the same decisions
+                usable_in_pass += count_step(progress, record, stats, totals, skipped)
+                if not skipped and ema is not None:  # a skipped step leaves the EMA alone too
                     ema.step(trainable)
                 progress_bar.update(1)
-
-                logs = stats.logs(totals)
-                logs.update(
-                    lr=lr_scheduler.get_last_lr()[0],
-                    grad_norm=grad_norm.item(),
-                    skipped_steps=progress.skipped_steps,
-                    corrupt_images=progress.corrupt_images,
-                    epoch=epoch,
-                )
-                if ema is not None:
-                    logs["ema_decay"] = ema.cur_decay_value if ema.cur_decay_value is not None else 0.0
+                logs = step_logs(stats, totals, progress, epoch, lr_scheduler.get_last_lr()[0], grad_norm, ema)
                 progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", grad_norm=f"{logs['grad_norm']:.3f}")
                 accelerator.log(logs, step=progress.global_step)
+                if args.debug_dump_dir is not None:
+                    record.rss_bytes.append(resident_memory_bytes())
 
-                if progress.global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, args.output_dir, args.checkpoints_total_limit, progress.global_step)
+                # These stop the run before the step's checkpoint: the newest checkpoint stays the last good one.
+                streak.update(skipped, progress.global_step, args.output_dir)
+                progress.nonfinite_streak = streak.count
+                check_bad_samples(
+                    progress.corrupt_images, progress.images_seen, progress.too_small_images, bad_fraction
+                )
+
+                pause(f"step-{progress.global_step}")
+                # A SIGTERM during the last step changes nothing: the run finishes and saves its final model.
+                record.interrupted = stop.agreed(accelerator) and progress.global_step < schedule.max_train_steps
+                if progress.global_step % args.checkpointing_steps == 0 or record.interrupted:
+                    save_checkpoint(accelerator, args.output_dir, limit, progress.global_step, model, ema, pause)
+                if record.interrupted:
+                    logger.warning(f"SIGTERM: stopping after step {progress.global_step}, whose checkpoint is saved")
+                    break
                 if validate is not None and progress.global_step % args.validation_steps == 0:
                     with ema_weights(ema, trainable):  # validate the weights that will be saved
                         validate(progress.global_step)
@@ -200,10 +230,55 @@ def train_loop(
                 stats.reset()
                 if progress.global_step >= schedule.max_train_steps:
                     break
-        if progress.batches_in_epoch == 0:  # would loop over empty epochs forever
-            raise ValueError("The training data yielded no full batch.")
+            if progress.batches_in_epoch == 0:  # would loop over empty epochs forever
+                raise ValueError("The training data yielded no full batch.")
+            if progress.batches_in_epoch > skip and usable_in_pass == 0:
+                raise BadDataError(
+                    f"Epoch {epoch} yielded no usable image: {progress.corrupt_images} unreadable and "
+                    f"{progress.too_small_images} smaller than --resolution (--small_image_policy skip) so far."
+                )
     progress_bar.close()
     return record
+
+
+def count_step(progress: TrainingProgress, record: LoopRecord, stats: StepStatistics, totals, skipped: bool) -> int:
+    """Add a finished step to the saved progress and to this run's record; returns its usable samples."""
+    progress.global_step += 1
+    progress.images_seen += stats.samples(totals)
+    progress.corrupt_images += stats.corrupt(totals)
+    progress.too_small_images += stats.too_small(totals)
+    progress.skipped_steps += int(skipped)
+    record.samples_total += stats.samples(totals)
+    for name in record.flag_totals:
+        record.flag_totals[name] += stats.flag_count(totals, name)
+    return stats.samples(totals)
+
+
+def step_logs(stats, totals, progress: TrainingProgress, epoch: int, lr: float, grad_norm, ema) -> dict:
+    logs = stats.logs(totals)
+    logs.update(
+        lr=lr,
+        grad_norm=grad_norm.item(),
+        skipped_steps=progress.skipped_steps,
+        corrupt_images=progress.corrupt_images,
+        too_small_images=progress.too_small_images,
+        epoch=epoch,
+    )
+    if ema is not None:
+        logs["ema_decay"] = ema.cur_decay_value if ema.cur_decay_value is not None else 0.0
+    return logs
+
+
+@contextlib.contextmanager
+def guard_run(accelerator: Accelerator, checkpoint_on_sigterm: bool):
+    """Around the loop: SIGTERM handling (yields the StopRequest), and the trackers flushed when a reliability check
+    stops the run, since the logs up to the failure are what explains it."""
+    try:
+        with StopRequest(checkpoint_on_sigterm) as stop:
+            yield stop
+    except (NonFiniteTrainingError, NonFiniteWeightsError, BadDataError):
+        accelerator.end_training()
+        raise
 
 
 def finish_training(
@@ -217,11 +292,25 @@ def finish_training(
     trainable: list[torch.nn.Parameter],
     save_final_model: Callable[[], None],
 ) -> None:
-    """Wait for every process, swap in the EMA weights for good, and save the final model on the main process."""
+    """Wait for every process, swap in the EMA weights for good, and save the final model on the main process (never
+    with non-finite weights). After a SIGTERM, save nothing more and exit with EXIT_CODE_SIGTERM instead: the
+    checkpoint is written, and the run is not finished."""
     accelerator.wait_for_everyone()
     write_debug_dump(args, accelerator, progress, record, flag_logs, model)
+    if record.interrupted:
+        accelerator.end_training()
+        logger.warning(
+            f"Stopped by SIGTERM after step {progress.global_step} of {args.output_dir}: resume with "
+            f"--resume_from_checkpoint latest. Exit code {EXIT_CODE_SIGTERM}."
+        )
+        raise SystemExit(EXIT_CODE_SIGTERM)
     if ema is not None:
         ema.copy_to(trainable)
+    try:
+        check_finite_weights(model, None, "the final model")
+    except NonFiniteWeightsError:
+        accelerator.end_training()
+        raise
     if accelerator.is_main_process:
         save_final_model()
     accelerator.end_training()
@@ -246,8 +335,11 @@ def write_debug_dump(
         **{key: record.flag_totals[name] / max(record.samples_total, 1.0) for name, key in flag_logs.items()},
         "skipped_steps": progress.skipped_steps,
         "corrupt_images": progress.corrupt_images,
+        "too_small_images": progress.too_small_images,
         "images_seen": progress.images_seen,
         "weights_sha256": weights_digest(model),
+        "interrupted": record.interrupted,
+        "rss_bytes": record.rss_bytes,
     }
     os.makedirs(args.debug_dump_dir, exist_ok=True)
     with open(os.path.join(args.debug_dump_dir, f"rank{accelerator.process_index}.json"), "w") as f:

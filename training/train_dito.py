@@ -207,14 +207,15 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     validation_images = None
     if accelerator.is_main_process and args.validation_steps is not None:
         validation_images = load_validation_images(
-            hf_dataset, args.image_column, args.num_validation_images, args.resolution
+            hf_dataset, args.image_column, args.num_validation_images, args.resolution, args.small_image_policy
         )
     dataset_args = (args.image_column, args.resolution, args.random_flip, args.seed)
+    policy = {"small_image_policy": args.small_image_policy}
     if args.streaming:
         hf_stream = hf_dataset.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
-        train_dataset, sampler = StreamingImageDataset(hf_stream, *dataset_args), None
+        train_dataset, sampler = StreamingImageDataset(hf_stream, *dataset_args, **policy), None
     else:
-        train_dataset = ImageDataset(hf_dataset, *dataset_args)
+        train_dataset = ImageDataset(hf_dataset, *dataset_args, **policy)
         sampler = EpochShuffleSampler(len(train_dataset), args.seed)
     shape = (3, args.resolution, args.resolution)
     train_dataloader = training_dataloader(train_dataset, sampler, args, key="pixel_values", shape=shape)

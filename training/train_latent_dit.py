@@ -283,7 +283,13 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
         key, shape = "latents", train_dataset.latent_shape
     else:
         dataset_args = (args.image_column, args.resolution, args.random_flip, args.seed)
-        train_dataset = ImageDataset(hf_dataset, *dataset_args, label_column=args.label_column, random_crop=False)
+        train_dataset = ImageDataset(
+            hf_dataset,
+            *dataset_args,
+            label_column=args.label_column,
+            random_crop=False,
+            small_image_policy=args.small_image_policy,
+        )
         key, shape = "pixel_values", (3, args.resolution, args.resolution)
     sampler = EpochShuffleSampler(len(train_dataset), args.seed)
     train_dataloader = training_dataloader(train_dataset, sampler, args, key=key, shape=shape)

@@ -1,0 +1,126 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+"""What keeps a long run alive, or stops it with a clear message: pre-emption (SIGTERM), runs of non-finite steps,
+and data that is mostly unreadable. The loop calls these at every step boundary; docs/reliability.md tells the whole
+story (atomic checkpoints live in checkpointing.py).
+"""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from .checkpointing import list_checkpoints
+
+logger = get_logger(__name__, log_level="INFO")
+
+EXIT_CODE_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended: "stopped, not finished"
+MIN_BAD_SAMPLES = 10  # the bad-sample share is not judged on fewer bad samples: one broken file in the first batch
+# of a run is a 50% share, yet no reason to stop
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class BadDataError(ValueError):
+    """Too many of the samples read could not be decoded, or none could be used."""
+
+
+class StopRequest:
+    """SIGTERM handling: the handler only sets a flag, which the loop reads at step boundaries (all-reduced, so every
+    rank stops after the same step), then saves a checkpoint and exits with EXIT_CODE_SIGTERM.
+
+    Used as a context manager around the loop; the previous handler is restored on exit. Disabled (SIGTERM keeps its
+    default action: immediate death) when `enabled` is False or outside the main thread, where Python cannot install
+    handlers. Dataloader workers inherit the handler: there it sets a flag nobody reads, so a worker outlives a
+    SIGTERM sent to the whole process group until the main process has saved and shuts it down."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True  # nothing else here: a signal handler may run in the middle of anything
+
+    def __enter__(self) -> "StopRequest":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any rank was asked to stop; the same answer on every rank (one tiny all-reduce a step)."""
+        if not self.enabled:
+            return False
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def debug_pause(event: str, pause_at: str | None, output_dir: str, stop: StopRequest | None = None) -> None:
+    """With the hidden --debug_pause_at `event`: touch output_dir/.debug-paused-<event>, then wait for SIGTERM (at
+    most 10 minutes). The kill tests use it to signal the run at a known point instead of racing it."""
+    if pause_at != event:
+        return
+    Path(output_dir, f".debug-paused-{event}").touch()
+    deadline = time.monotonic() + 600
+    while not (stop is not None and stop.requested) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+class NonFiniteStreak:
+    """Counts optimizer steps skipped in a row for a non-finite loss or gradient; the run stops at `limit`."""
+
+    def __init__(self, limit: int, count: int = 0):
+        self.limit, self.count = limit, count
+
+    def update(self, skipped: bool, global_step: int, output_dir: str) -> None:
+        """Count a step, raising NonFiniteTrainingError at the limit: before that step's checkpoint is written."""
+        if not skipped:
+            self.count = 0
+            return
+        self.count += 1
+        logger.warning(
+            f"step {global_step}: non-finite loss or gradient, optimizer step and EMA update skipped "
+            f"({self.count} in a row; the run stops at --max_nonfinite_steps {self.limit})"
+        )
+        if self.count >= self.limit:
+            checkpoints = list_checkpoints(Path(output_dir))
+            kept = f"{checkpoints[-1]} is untouched" if checkpoints else "no checkpoint was written"
+            raise NonFiniteTrainingError(
+                f"Stopping: the last {self.count} optimizer steps (up to step {global_step}) all had a non-finite "
+                f"loss or gradient (--max_nonfinite_steps {self.limit}). Skipped steps do not change the weights, "
+                f"and {kept}. Lower --learning_rate or --max_grad_norm, use bf16 instead of fp16, or check the data, "
+                "then resume with --resume_from_checkpoint."
+            )
+
+
+def check_bad_samples(unreadable: int, usable: int, too_small: int, max_fraction: float) -> None:
+    """Stop when more than `max_fraction` of the samples read so far (over all ranks) could not be decoded, judged
+    once at least MIN_BAD_SAMPLES were bad."""
+    read = unreadable + usable + too_small
+    if unreadable >= MIN_BAD_SAMPLES and unreadable > max_fraction * read:
+        raise BadDataError(
+            f"{unreadable} of the {read} samples read so far ({unreadable / read:.1%}) could not be decoded, more "
+            f"than --max_bad_sample_fraction {max_fraction}. The log names the files (rate-limited); remove or "
+            "repair them, or raise --max_bad_sample_fraction."
+        )
+
+
+def resident_memory_bytes() -> int:
+    """This process's resident set size (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
