@@ -2,7 +2,6 @@
 
 import csv
 import doctest
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,8 +11,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from diffusers import FlowMatchEulerDiscreteScheduler
+from script_helpers import load_script, one_thread, reset_accelerate  # noqa: F401
 
 from conftest import tiny_dito_config
 from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
@@ -21,19 +20,6 @@ from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDi
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "evaluate_dito.py"
 RUN_ARGS = ["--steps", "2", "--sweep_steps", "1", "2", "--samplers", "euler", "heun", "--batch_size", "3"]
-
-
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def reset_accelerate() -> None:
-    # Accelerator state is a process-wide singleton; each in-process run must start from scratch.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def subprocess_env(tmp_path: Path) -> dict:
@@ -49,15 +35,6 @@ def subprocess_env(tmp_path: Path) -> dict:
 @pytest.fixture(scope="module")
 def evaluate_dito():
     return load_script(SCRIPT)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models are tiny: a second intra-op thread buys nothing, and costs a lot when the cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> Path:

@@ -13,7 +13,8 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from test_evaluate_dito import load_script, reset_accelerate, subprocess_env, write_images
+from script_helpers import load_script, one_thread, reset_accelerate  # noqa: F401
+from test_evaluate_dito import subprocess_env, write_images
 
 from conftest import tiny_dito_config
 from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
@@ -29,14 +30,6 @@ RUN_ARGS = [
 @pytest.fixture(scope="module")
 def evaluate_generation():
     return load_script(SCRIPT)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

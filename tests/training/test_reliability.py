@@ -21,16 +21,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 # The stage-1 tests' helpers, and their autouse fixtures (one torch thread, a fresh accelerate state for every test):
 # these tests run the same tiny trainings.
-from test_train_dito import (  # noqa: F401 (autouse fixtures, active by being in this module)
-    SCRIPT,
+from script_helpers import (  # noqa: F401 (autouse fixtures, active by being in this module)
     fresh_accelerate_state,
+    load_script,
     one_thread,
-    read_dump,
     reset_accelerate,
-    run_args,
-    vae_weights,
-    write_images,
 )
+from test_train_dito import SCRIPT, read_dump, run_args, vae_weights, write_images
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo, DiToLossOutput, DiToPipeline
@@ -39,16 +36,13 @@ from training import checkpointing, data, reliability
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_training_script(name: str):
+    return load_script(REPO / "training" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")
 def train_dito():
-    return load_script("train_dito")
+    return load_training_script("train_dito")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +134,7 @@ def test_mostly_unreadable_data_stops_the_run(train_dito, config_path, tmp_path)
 
 
 def test_latent_cache_marks_small_images_and_an_epoch_of_nothing_usable_stops(tmp_path):
-    train_latent_dit = load_script("train_latent_dit")
+    train_latent_dit = load_training_script("train_latent_dit")
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         (tmp_path / "classes" / name).mkdir(parents=True)

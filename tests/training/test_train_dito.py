@@ -1,6 +1,5 @@
 """Tests of training/train_dito.py: a few steps of a tiny DiTo on a folder of 32-px images, mostly in-process."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -13,7 +12,7 @@ import PIL.Image
 import pytest
 import safetensors.torch
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from script_helpers import fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo, DiToLossOutput
@@ -24,31 +23,7 @@ SCRIPT = REPO / "training" / "train_dito.py"
 
 @pytest.fixture(scope="module")
 def train_dito():
-    spec = importlib.util.spec_from_file_location("train_dito", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models are tiny: a second intra-op thread buys nothing, and costs a lot when the cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def reset_accelerate() -> None:
-    # Accelerator state is a process-wide singleton; each in-process run must start from scratch.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate()
+    return load_script(SCRIPT)
 
 
 def write_images(folder: Path, count: int = 8, seed: int = 0) -> Path:

@@ -1,6 +1,5 @@
 """Tests of training/train_latent_dit.py: a few steps of dit-tiny on a tiny DiTo's latents, 2 classes x 4 images."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -13,8 +12,8 @@ import PIL.Image
 import pytest
 import safetensors.torch
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from diffusers import FlowMatchEulerDiscreteScheduler
+from script_helpers import fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
@@ -26,31 +25,7 @@ CLASSES = ("cat", "dog")
 
 @pytest.fixture(scope="module")
 def train_latent_dit():
-    spec = importlib.util.spec_from_file_location("train_latent_dit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models are tiny: a second intra-op thread buys nothing, and costs a lot when the cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def reset_accelerate() -> None:
-    # Accelerator state is a process-wide singleton; each in-process run must start from scratch.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate()
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")
