@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
 """Evaluate a DiTo autoencoder on a folder of images: reconstruction metrics, per-image scores, a comparison grid,
-and PSNR and SWD against the number of decoding steps for the Euler and Heun samplers.
+and PSNR, SWD and the high-frequency energy ratio against the number of decoder evaluations (NFE), for the Euler and
+Heun samplers on one or more σ grids (`--sweep_shifts`).
 
 Laid out like diffusers' example scripts (`parse_args()` + `main(args)`). The images are sharded over processes
 with accelerate; the main process gathers the results and writes every file.
 
     python training/evaluate_dito.py --model dito-b --data_dir ./val --resolution 256 --output_dir eval-dito-b
     python training/evaluate_dito.py ... --num_processes 4     # re-launches itself under `accelerate launch`
+    python training/evaluate_dito.py ... --sweep_shifts 1 2 3  # the curves on three σ grids
+
+`benchmarks/choose_decode_defaults.py` reads the sweep of metrics.json and picks the cheapest decoding setting.
 
 docs/evaluation.md describes the outputs and how to reproduce the curves. `evaluate_generation.py` imports the
 image-folder, grid and launch helpers below.
@@ -40,7 +44,13 @@ from diffusers.schedulers import SchedulerMixin
 from tqdm.auto import tqdm
 
 from diffusers_dito import AutoencoderDiTo, DiToPipeline
-from diffusers_dito.metrics import compute_metrics, psnr, sliced_wasserstein_distance, ssim
+from diffusers_dito.metrics import (
+    compute_metrics,
+    high_frequency_energy_ratio,
+    psnr,
+    sliced_wasserstein_distance,
+    ssim,
+)
 from diffusers_dito.models.autoencoder_dito import set_flow_match_timesteps
 
 logger = get_logger(__name__, log_level="INFO")
@@ -59,6 +69,23 @@ def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    r"""
+    argparse type: a finite number > 0.
+
+    Examples:
+        ```py
+        >>> positive_float("2.5"), positive_float("1")
+        (2.5, 1.0)
+
+        ```
+    """
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
     return number
 
 
@@ -249,10 +276,11 @@ def relaunch_with_accelerate(num_processes: int | None, script: str, argv: list[
 
 
 def make_scheduler(sampler: str, shift: float = 1.0) -> SchedulerMixin:
-    """A fresh flow-matching scheduler: `"euler"` (1st order) or `"heun"` (2nd order).
+    """A fresh flow-matching scheduler: `"euler"` (1st order) or `"heun"` (2nd order), on the σ grid of `shift`.
 
     `AutoencoderDiTo.decode` puts both on DiTo's uniform grid σ = 1, 1 − 1/N, …, 1/N, 0 (`set_flow_match_timesteps`),
-    so the curves compare the integrators, not the grids.
+    and both then map each σ to shift·σ / (1 + (shift − 1)·σ): shift = 1 keeps the paper's uniform grid, shift > 1
+    spends more of the steps at high noise. At one shift the curves compare the integrators, not the grids.
     """
     if sampler == "euler":
         return FlowMatchEulerDiscreteScheduler(shift=shift)
@@ -301,6 +329,14 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         default=list(DEFAULT_SWEEP_STEPS),
         help="Step counts of the quality-vs-steps curves.",
     )
+    parser.add_argument(
+        "--sweep_shifts",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        help="Scheduler shifts (σ grids) of the curves: 1 is the paper's uniform grid, > 1 spends more steps at high "
+        "noise (default: the pipeline's own shift). The main reconstruction keeps the pipeline's shift.",
+    )
     parser.add_argument("--samplers", choices=SAMPLERS, nargs="+", default=list(SAMPLERS), help="Curves to draw.")
     parser.add_argument("--skip_sweep", action="store_true", help="Only the main reconstruction; no curves.")
     parser.add_argument("--seed", type=int, default=0, help="Image i is decoded from noise seeded with seed + i.")
@@ -336,6 +372,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         parser.error(conflict)
     args.sweep_steps = sorted(set(args.sweep_steps))
     args.samplers = list(dict.fromkeys(args.samplers))
+    args.sweep_shifts = sorted(set(args.sweep_shifts)) if args.sweep_shifts is not None else None
     return args
 
 
@@ -386,7 +423,8 @@ def score(reconstruction: torch.Tensor, original: torch.Tensor) -> dict[str, flo
 
 
 def decode_point(pipe, batches, scheduler, steps: int, seed: int, progress, keep_images: bool) -> list[dict]:
-    """This process's share of one (sampler, steps) point: a record per image, with the reconstruction if kept."""
+    """This process's share of one (sampler, shift, steps) point: a record per image, with its reconstruction if
+    kept."""
     pipe.scheduler = scheduler
     records = []
     for batch in batches:
@@ -405,43 +443,68 @@ def mean(values: list[float | None]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarise_point(records: list[dict], originals: torch.Tensor | None, sampler, steps, seconds, seed) -> dict:
-    """One row of the sweep table; SWD when every image has one size of at least 16 px (`originals` is not None)."""
-    row = {"sampler": sampler, "steps": steps, "nfe": sampler_nfe(sampler, steps)}
+def summarise_point(
+    records: list[dict], originals: torch.Tensor | None, sampler: str, shift: float, steps: int, seconds, seed
+) -> dict:
+    """One row of the sweep table. SWD when every image has one size of at least 16 px (`originals` is not None), the
+    high-frequency energy ratio when they share one size; otherwise None."""
+    row = {"sampler": sampler, "shift": shift, "steps": steps, "nfe": sampler_nfe(sampler, steps)}
     row["psnr"] = mean([r["psnr"] for r in records])
     row["ssim"] = mean([r["ssim"] for r in records])
-    row["swd"] = None
-    if originals is not None and min(originals.shape[-2:]) >= SWD_MIN_SIZE:
-        reconstructions = torch.stack([r["reconstruction"] for r in records])
-        row["swd"] = sliced_wasserstein_distance(to_float(reconstructions), to_float(originals), seed=seed).mean
+    row["swd"] = row["hf_energy_ratio"] = None
+    if originals is not None:
+        reconstructions = to_float(torch.stack([r["reconstruction"] for r in records]))  # (N, 3, H, W)
+        references = to_float(originals)
+        if min(originals.shape[-2:]) >= SWD_MIN_SIZE:
+            row["swd"] = sliced_wasserstein_distance(reconstructions, references, seed=seed).mean
+        try:
+            row["hf_energy_ratio"] = high_frequency_energy_ratio(reconstructions, references)
+        except ValueError as err:  # e.g. flat originals: no energy above the cutoff, the ratio is undefined
+            logger.warning(f"No high-frequency ratio for {sampler}, shift {shift:g}, {steps} steps: {err}")
     row["seconds"] = round(seconds, 3)
     return row
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
-    """PSNR and SWD against decoding steps, one line per sampler (NFE is in the table, for plots against cost)."""
+    """PSNR, SWD and the high-frequency energy ratio against NFE (the cost of a decode), one line per (sampler,
+    shift)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, metric, label in zip(axes, ("psnr", "swd"), ("PSNR (dB), higher is better", "SWD, lower is better")):
-        for sampler in dict.fromkeys(row["sampler"] for row in rows):
-            points = [(r["steps"], r[metric]) for r in rows if r["sampler"] == sampler and r[metric] is not None]
+    panels = {
+        "psnr": "PSNR (dB), higher is better",
+        "swd": "SWD, lower is better",
+        "hf_energy_ratio": "high-frequency energy ratio, 1 = as sharp",
+    }
+    curves = dict.fromkeys((row["sampler"], row["shift"]) for row in rows)
+    ticks = []
+    for nfe in sorted({row["nfe"] for row in rows}):
+        if not ticks or nfe >= 1.3 * ticks[-1]:  # Heun's 2N - 1 lands next to Euler's N: keep the labels apart
+            ticks.append(nfe)
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4), constrained_layout=True)
+    for ax, (metric, label) in zip(axes, panels.items()):
+        for sampler, shift in curves:
+            points = [
+                (r["nfe"], r[metric])
+                for r in rows
+                if (r["sampler"], r["shift"]) == (sampler, shift) and r[metric] is not None
+            ]
             if points:
-                ax.plot(*zip(*points), marker="o", label=sampler)
+                ax.plot(*zip(*points), marker="o", label=f"{sampler}, shift {shift:g}")
         if ax.lines:
             ax.legend()
         else:
             ax.text(0.5, 0.5, "not computed (see metrics.json)", ha="center", transform=ax.transAxes)
-        steps = sorted({row["steps"] for row in rows})
+        if metric == "hf_energy_ratio" and ax.lines:
+            ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(steps, [str(s) for s in steps])
-        ax.set_xlabel("decoding steps")
+        ax.set_xticks(ticks, [str(n) for n in ticks])
+        ax.set_xlabel("NFE (decoder evaluations per image)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}: quality against NFE")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -465,16 +528,21 @@ def main(args: argparse.Namespace) -> dict:
         logger.warning(f"Skipping {name}: not a readable image.", main_process_only=False)
     pipe = load_reconstruction_pipeline(args.model).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)  # one bar, below
-    shift = pipe.scheduler.config.get("shift", 1.0)  # a saved DiToPipeline's shift applies to both samplers
+    shift = float(pipe.scheduler.config.get("shift", 1.0))  # a saved DiToPipeline's shift applies to both samplers
 
-    points = [(args.sampler, args.steps)]
+    sweep_shifts = args.sweep_shifts if args.sweep_shifts is not None else [shift]
+    points = [(args.sampler, shift, args.steps)]  # first: its records make the main reconstruction
     if not args.skip_sweep:
-        points += [(s, n) for s in args.samplers for n in args.sweep_steps if (s, n) != (args.sampler, args.steps)]
+        sweep = [(s, h, n) for s in args.samplers for h in sweep_shifts for n in args.sweep_steps]
+        points += [point for point in sweep if point != points[0]]
     logger.info("***** Evaluating reconstructions *****")
     logger.info(
         f"  Image files = {len(files)}, processes = {accelerator.num_processes}, resolution = {args.resolution}"
     )
-    logger.info(f"  Main reconstruction = {args.sampler}, {args.steps} steps; sweep points = {len(points) - 1}")
+    logger.info(
+        f"  Main reconstruction = {args.sampler}, shift {shift:g}, {args.steps} steps; "
+        f"sweep points = {len(points) - 1}"
+    )
 
     batches = encode_shard(pipe, images, args.batch_size)
     local = [
@@ -492,15 +560,16 @@ def main(args: argparse.Namespace) -> dict:
 
     progress = tqdm(total=len(images) * len(points), unit="img", disable=not accelerator.is_local_main_process)
     rows, main_records = [], None
-    for sampler, steps in points:
+    for sampler, point_shift, steps in points:
         start = time.perf_counter()
         keep_images = one_size or main_records is None  # for SWD, and for the grid of the main reconstruction
-        progress.set_description(f"{sampler}, {steps} steps")
-        scheduler = make_scheduler(sampler, shift)
+        progress.set_description(f"{sampler}, shift {point_shift:g}, {steps} steps")
+        scheduler = make_scheduler(sampler, point_shift)
         records = decode_point(pipe, batches, scheduler, steps, args.seed, progress, keep_images)
         records = sorted(gather_object(records), key=lambda r: r["index"])
         if accelerator.is_main_process:
-            rows.append(summarise_point(records, originals, sampler, steps, time.perf_counter() - start, args.seed))
+            seconds = time.perf_counter() - start
+            rows.append(summarise_point(records, originals, sampler, point_shift, steps, seconds, args.seed))
         main_records = records if main_records is None else main_records
     progress.close()
 
@@ -521,8 +590,13 @@ def main(args: argparse.Namespace) -> dict:
     }
     if accelerator.is_main_process:
         result.update(set_metrics(args, main_records, originals))
-        in_sweep = [row for row in rows if row["sampler"] in args.samplers and row["steps"] in args.sweep_steps]
-        result["sweep"] = [] if args.skip_sweep else sorted(in_sweep, key=lambda r: (r["sampler"], r["steps"]))
+        in_sweep = [
+            row
+            for row in rows
+            if row["sampler"] in args.samplers and row["shift"] in sweep_shifts and row["steps"] in args.sweep_steps
+        ]
+        in_sweep.sort(key=lambda r: (r["sampler"], r["shift"], r["steps"]))
+        result["sweep"] = [] if args.skip_sweep else in_sweep
         write_outputs(args, output_dir, data_dir, files, shared, main_records, result)
         logger.info(f"PSNR {result['psnr']:.2f} dB over {len(shared)} images; wrote {output_dir}")
     accelerator.wait_for_everyone()
@@ -560,7 +634,7 @@ def write_outputs(args, output_dir, data_dir, files, shared, records, result) ->
             height, width = item["original"].shape[-2:]
             file = files[item["index"]].relative_to(data_dir)
             writer.writerow([item["index"], file, width, height, record["psnr"], record["ssim"], item["process"]])
-    columns = ["sampler", "steps", "nfe", "psnr", "ssim", "swd", "seconds"]
+    columns = ["sampler", "shift", "steps", "nfe", "psnr", "ssim", "swd", "hf_energy_ratio", "seconds"]
     with open(output_dir / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -108,12 +108,52 @@ def test_sweep_records_nfe_per_point_and_heun_costs_2n_minus_1(run):
     table = [(row["sampler"], row["steps"], row["nfe"]) for row in result["sweep"]]
     assert table == [("euler", 1, 1), ("euler", 2, 2), ("heun", 1, 1), ("heun", 2, 3)]
     assert all(row["swd"] > 0 and row["psnr"] is not None for row in result["sweep"])
+    # without --sweep_shifts every point is on the pipeline's own grid (a default FlowMatchEuler: shift 1)
+    assert all(row["shift"] == 1.0 == result["scheduler_shift"] for row in result["sweep"])
+    assert all(row["hf_energy_ratio"] > 0 for row in result["sweep"])
     rows = read_csv(out / "sweep.csv")
     assert [(r["sampler"], int(r["steps"]), int(r["nfe"])) for r in rows] == table
+    assert {"shift", "hf_energy_ratio"} <= set(rows[0]) and {r["shift"] for r in rows} == {"1.0"}
+    assert json.loads((out / "metrics.json").read_text())["sweep"][0]["hf_energy_ratio"] > 0
     # the main reconstruction (euler, 2 steps) is reused for that sweep point: the same noise, the same images
     assert result["sweep"][1]["psnr"] == pytest.approx(result["psnr"], rel=1e-5)
     with PIL.Image.open(out / "sweep.png") as plot:
         assert plot.width > 300 and plot.height > 200
+
+
+def test_sweep_shifts_add_a_curve_per_grid_and_the_grid_changes_the_decode(
+    evaluate_dito, image_dir, model_dirs, tmp_path
+):
+    out = tmp_path / "out"
+    args = ["--model", str(model_dirs / "pipeline"), "--data_dir", str(image_dir), "--output_dir", str(out)]
+    try:
+        result = evaluate_dito.main(evaluate_dito.parse_args(args + RUN_ARGS + ["--sweep_shifts", "3", "1", "3"]))
+    finally:
+        reset_accelerate()
+    points = [(row["sampler"], row["shift"], row["steps"], row["nfe"]) for row in result["sweep"]]
+    assert points == [
+        ("euler", 1.0, 1, 1),
+        ("euler", 1.0, 2, 2),
+        ("euler", 3.0, 1, 1),
+        ("euler", 3.0, 2, 2),
+        ("heun", 1.0, 1, 1),
+        ("heun", 1.0, 2, 3),
+        ("heun", 3.0, 1, 1),
+        ("heun", 3.0, 2, 3),
+    ]
+    rows = {(row["sampler"], row["shift"], row["steps"]): row for row in result["sweep"]}
+    for sampler in ("euler", "heun"):
+        # one step is σ = 1 -> 0 on every grid: the same noise gives the same images
+        assert rows[sampler, 3.0, 1]["psnr"] == pytest.approx(rows[sampler, 1.0, 1]["psnr"])
+        # with two, shift 3 moves the middle σ from 0.5 to 0.75: another decode
+        assert rows[sampler, 3.0, 2]["psnr"] != pytest.approx(rows[sampler, 1.0, 2]["psnr"], abs=1e-6)
+        assert rows[sampler, 3.0, 2]["hf_energy_ratio"] != pytest.approx(rows[sampler, 1.0, 2]["hf_energy_ratio"])
+    # the main reconstruction (euler, the pipeline's shift 1, 2 steps) is reused for its sweep point only
+    assert rows["euler", 1.0, 2]["psnr"] == pytest.approx(result["psnr"], rel=1e-5)
+    assert [(r["sampler"], float(r["shift"]), int(r["steps"])) for r in read_csv(out / "sweep.csv")] == [
+        point[:3] for point in points
+    ]
+    assert (out / "sweep.png").exists()
 
 
 def test_grid_rows_are_original_reconstruction_and_error(run, image_dir):
@@ -156,6 +196,8 @@ def test_images_of_different_sizes_keep_per_image_scores_and_skip_set_metrics(ev
         ({"--model": "no/such/folder"}, "not a folder"),
         ({"--data_dir": "no/such/folder"}, "--data_dir"),
         ({"--sweep_steps": "0"}, "expected an integer >= 1"),
+        ({"--sweep_shifts": "0"}, "expected a number > 0"),
+        ({"--sweep_shifts": "nan"}, "expected a number > 0"),
         ({"--samplers": "dpm"}, "invalid choice"),
         ({"--error_gain": "0"}, "--error_gain"),
     ],
