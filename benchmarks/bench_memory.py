@@ -2,7 +2,10 @@
 
 On CUDA it reads `torch.cuda.max_memory_allocated`. On CPU, where PyTorch keeps no such counter, each measurement
 runs in a fresh subprocess and reports the growth of the peak resident set size (ru_maxrss) over the RSS after the
-model is built and warmed up, so one measurement cannot inherit another's peak.
+model is built and warmed up, so one measurement cannot inherit another's peak. glibc raises its mmap threshold
+after large frees (up to 32 MiB), after which freed tensors stay in its heap and count towards RSS; the children
+therefore run with `MALLOC_MMAP_THRESHOLD_` fixed at `--malloc_mmap_threshold` bytes (1 MiB; 0 keeps glibc's
+dynamic default), so that the RSS peak follows the live tensors. Both settings are reported in docs/benchmarks.md.
 
     python benchmarks/bench_memory.py --preset dito-tiny --resolutions 256 512 1024 --json out/memory.json
     python benchmarks/bench_memory.py --resolutions 1024 --tile_size 256   # tiled decode vs one 256² decode
@@ -10,6 +13,7 @@ model is built and warmed up, so one measurement cannot inherit another's peak.
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -29,6 +33,12 @@ def parse_args(argv=None):
         "--tile_size", type=int, default=None, help="Also measure tiled decoding with this tile (e.g. 256)."
     )
     parser.add_argument("--tile_overlap", type=int, default=64)
+    parser.add_argument(
+        "--malloc_mmap_threshold",
+        type=int,
+        default=2**20,
+        help="CPU only: glibc's MALLOC_MMAP_THRESHOLD_ for the measuring subprocesses (0: glibc's dynamic default).",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None)
     parser.add_argument("--_child", nargs=2, metavar=("OP", "RES"), help=argparse.SUPPRESS)
@@ -79,7 +89,14 @@ def main(args) -> dict:
         cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps), "--device", "cpu"]
         if args.tile_size:
             cmd += ["--tile_size", str(args.tile_size), "--tile_overlap", str(args.tile_overlap)]
-        out = subprocess.run([*cmd, "--_child", op, str(resolution)], capture_output=True, text=True, check=True)
+        env = dict(os.environ)
+        if args.malloc_mmap_threshold > 0:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+        else:
+            env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        out = subprocess.run(
+            [*cmd, "--_child", op, str(resolution)], capture_output=True, text=True, check=True, env=env
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
     rows = []

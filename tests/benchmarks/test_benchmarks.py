@@ -51,6 +51,30 @@ def test_bench_decode(tmp_path):
     assert 0.5 < kl["kl_decoder_params"] / kl["dito_decoder_params"] < 2  # a comparable AutoencoderKL
 
 
+def test_bench_tiling(tmp_path):
+    result = run(
+        "bench_tiling.py",
+        "--sizes",
+        "16x32",
+        "--tile_size",
+        "16",
+        "--tile_overlap",
+        "8",
+        "--steps",
+        "1",
+        "--num_images",
+        "1",
+        tmp_path=tmp_path,
+    )
+    modes = [row["decode"] for row in result["rows"]]
+    assert modes == ["untiled", "tiled, per-tile GroupNorm", "tiled, shared GroupNorm"]
+    untiled, *tiled = result["rows"]
+    assert untiled["psnr_vs_untiled_db"] is None and untiled["time_over_untiled"] == 1
+    assert all(
+        finite_positive(row["psnr_vs_untiled_db"]) and finite_positive(row["time_over_untiled"]) for row in tiled
+    )
+
+
 def test_bench_memory(tmp_path):
     result = run(
         "bench_memory.py", "--resolutions", "16", "32", "--tile_size", "16", "--tile_overlap", "8", tmp_path=tmp_path

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from conftest import psnr, smooth_images
 from diffusers_dito import AutoencoderDiTo
-from diffusers_dito.models.tiling import tile_starts, tiled_map
+from diffusers_dito.models.tiling import tile_border_gradient_ratio, tile_starts, tile_weights, tiled_map
+from diffusers_dito.sample_data import photo_crops
 
 
 def test_tile_grid_covers_and_blend_is_exact_for_pointwise_functions():
@@ -49,28 +50,67 @@ def test_tiled_latent_is_normalised_over_the_whole_latent(overfit_tiny, size):
     assert F.cosine_similarity(tiled.flatten(), ref.flatten(), dim=0) > 0.95
 
 
-def decode_both(vae, size):
-    x = smooth_images(1, max(size), seed=3)[..., : size[0], : size[1]]
+def decode_tiled(vae, z, tile, overlap, share_group_norm_statistics, steps=4):
+    vae.enable_tiling(tile, overlap, share_group_norm_statistics=share_group_norm_statistics)
+    try:
+        return decode(vae, z, steps)
+    finally:
+        vae.disable_tiling()
+
+
+def decode(vae, z, steps=4):
+    generators = [torch.Generator().manual_seed(i) for i in range(len(z))]
+    return vae.decode(z, num_inference_steps=steps, generator=generators).sample
+
+
+@pytest.fixture(scope="module", params=[(64, 64), (96, 64)], ids=["64x64", "96x64"])
+def tiled_decodes(request, photo_tiny):
+    """Issue 7's small sizes (tiles of 32 on 64-96 px): 4 crops of photos the model never saw, decoded untiled and
+    tiled from the same noise with dito-tiny's default 4 Euler steps."""
     with torch.no_grad():
-        z = vae.encode(x).latents
-        untiled = vae.decode(z, num_inference_steps=10, generator=torch.Generator().manual_seed(0)).sample
-        vae.enable_tiling(32, 16)
-        try:
-            tiled = vae.decode(z, num_inference_steps=10, generator=torch.Generator().manual_seed(0)).sample
-        finally:
-            vae.disable_tiling()
-    return tiled, untiled
+        z = photo_tiny.encode(photo_crops(4, *request.param, seed=1)).latents
+        return {
+            "untiled": decode(photo_tiny, z),
+            "shared": decode_tiled(photo_tiny, z, 32, 16, share_group_norm_statistics=True),
+            "per_tile": decode_tiled(photo_tiny, z, 32, 16, share_group_norm_statistics=False),
+            "abutting": decode_tiled(photo_tiny, z, 32, 0, share_group_norm_statistics=False),  # no blending
+        }
 
 
-@pytest.mark.parametrize("size", [(64, 64), (96, 64)])
-def test_tiled_decode_stays_close_to_untiled(overfit_tiny, size):
-    # Regression guard at what per-tile GroupNorm statistics achieve today (19-23 dB on this model).
-    tiled, untiled = decode_both(overfit_tiny[0], size)
-    assert tiled.shape == untiled.shape and torch.isfinite(tiled).all()
-    assert psnr(tiled, untiled) >= 18.0, psnr(tiled, untiled)
+def test_tiled_decode_matches_untiled_to_30_db(tiled_decodes):
+    untiled, shared, per_tile = tiled_decodes["untiled"], tiled_decodes["shared"], tiled_decodes["per_tile"]
+    assert shared.shape == untiled.shape and torch.isfinite(shared).all()
+    assert psnr(shared, untiled) >= 30.0, psnr(shared, untiled)
+    # Per-tile statistics (one pass, the cheaper mode) stay close too; a guard below what they reached when written.
+    assert psnr(per_tile, untiled) >= 25.0, psnr(per_tile, untiled)
+    assert psnr(shared, untiled) > psnr(per_tile, untiled)  # what the second pass buys
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7 target not reached: per-tile GroupNorm statistics in the decoder UNet")
-def test_tiled_decode_reaches_30_db_of_untiled(overfit_tiny):
-    tiled, untiled = decode_both(overfit_tiny[0], (96, 64))
-    assert psnr(tiled, untiled) >= 30.0
+def test_tiled_decode_leaves_no_seams(tiled_decodes):
+    # Mean |gradient| across tile borders over that across the other pixel lines. The borders lie on multiples of
+    # 8, the edges of the nearest-neighbour up-sampled latent cells, where any DiTo decode changes a little faster
+    # (the untiled decode scores 1.05-1.11 on these crops), so the tiled score is divided by the untiled decode's
+    # score at the same lines: what is left is what the tiling adds.
+    untiled = tile_border_gradient_ratio(tiled_decodes["untiled"], 32, 16)
+    ratio = tile_border_gradient_ratio(tiled_decodes["shared"], 32, 16) / untiled
+    assert abs(ratio - 1) <= 0.10, ratio
+    # The control: the same measure does see the seams of abutting tiles that are not blended (about 3x).
+    abutting = tile_border_gradient_ratio(tiled_decodes["abutting"], 32, 0)
+    assert abutting / tile_border_gradient_ratio(tiled_decodes["untiled"], 32, 0) > 1.10
+
+
+def test_tiled_decode_never_builds_a_full_resolution_conditioning(tiny_config):
+    vae = AutoencoderDiTo(**tiny_config())
+    z = torch.randn(1, 4, 12, 8)
+    assert vae.decoder_conditioning(z).shape[-2:] == (96, 64)
+    vae.enable_tiling(32, 16)
+    assert vae.decoder_conditioning(z) is z  # each tile up-samples its own part of z
+    assert vae.decoder_conditioning(z[..., :4, :4]).shape[-2:] == (32, 32)  # one tile: up-sampled once
+
+
+def test_tile_weights_are_a_partition_of_unity_at_every_resolution():
+    for length, tile, overlap, s in [(96, 32, 16, 1), (96, 32, 8, 8), (40, 32, 8, 1), (1024, 256, 64, 8)]:
+        total = torch.zeros(length // s)
+        for start, w in tile_weights(length, tile, overlap, s):
+            total[start // s : start // s + len(w)] += w
+        torch.testing.assert_close(total, torch.ones(length // s))

@@ -20,8 +20,9 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..safe_loading import SafetensorsOnlyMixin
+from .group_norm_sync import GroupNormStatistics
 from .latent_distribution import DiToLatentDistribution
-from .tiling import tiled_map
+from .tiling import iter_tiles, tiled_map
 
 
 @dataclass
@@ -205,6 +206,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         self.use_tiling = False
         self.tile_sample_size = 256
         self.tile_overlap = 64
+        self.tile_group_norm_statistics = True
 
     @property
     def downsample_factor(self) -> int:
@@ -241,7 +243,12 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
             raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps}.")
 
     # ------------------------------------------------------------------ encoder
-    def enable_tiling(self, tile_sample_size: int | None = None, tile_overlap: int | None = None) -> None:
+    def enable_tiling(
+        self,
+        tile_sample_size: int | None = None,
+        tile_overlap: int | None = None,
+        share_group_norm_statistics: bool | None = None,
+    ) -> None:
         r"""
         Encode and decode large images tile by tile, so that peak memory is bounded by the tile size.
 
@@ -255,6 +262,21 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
                 down-sampling factor.
             tile_overlap (`int`, *optional*, defaults to 64): Minimum overlap of neighbouring tiles in pixels; a
                 multiple of the down-sampling factor, smaller than the tile.
+            share_group_norm_statistics (`bool`, *optional*, defaults to `True`): Normalise every decoder tile
+                with GroupNorm statistics estimated over the whole image (`GroupNormStatistics`) rather than the
+                tile's own, which brings the tiled decode closer to the untiled one (docs/benchmarks.md) at the price
+                of a second network pass per step. `False` is about twice as fast.
+
+        Examples:
+            ```py
+            >>> import torch
+            >>> from diffusers_dito import DITO_PRESETS, AutoencoderDiTo
+            >>> vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
+            >>> vae.enable_tiling(tile_sample_size=32, tile_overlap=16)
+            >>> vae.decode(torch.randn(1, 4, 8, 12), num_inference_steps=1).sample.shape  # 6 tiles of 32²
+            torch.Size([1, 3, 64, 96])
+
+            ```
         """
         tile = self.tile_sample_size if tile_sample_size is None else tile_sample_size
         overlap = self.tile_overlap if tile_overlap is None else tile_overlap
@@ -265,6 +287,8 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
                 f"got tile_sample_size={tile}, tile_overlap={overlap}."
             )
         self.tile_sample_size, self.tile_overlap = tile, overlap
+        if share_group_norm_statistics is not None:
+            self.tile_group_norm_statistics = share_group_norm_statistics
         self.use_tiling = True
 
     def _tiled(self, height: int, width: int) -> bool:
@@ -335,28 +359,49 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
     def velocity_field(
         self, noisy_sample: torch.Tensor, timestep: torch.Tensor | float, conditioning: torch.Tensor
     ) -> torch.Tensor:
-        """`predict_velocity` for sampling: tile by tile with blending when tiling is enabled for this size."""
-        if self._tiled(*noisy_sample.shape[-2:]):
-            return tiled_map(
-                lambda x, c: self.predict_velocity(x, timestep, c),
-                [noisy_sample, conditioning],
-                self.tile_sample_size,
-                self.tile_overlap,
-                self.config.out_channels,
-            )
-        return self.predict_velocity(noisy_sample, timestep, conditioning)
+        r"""
+        `predict_velocity` for sampling: tile by tile with blending when tiling is enabled for this size.
+
+        Args:
+            noisy_sample (`torch.Tensor` of shape `(B, out_channels, H, W)`): The current x_t.
+            timestep (`torch.Tensor` or `float`): t·1000.
+            conditioning (`torch.Tensor`): `decoder_conditioning(z)`: either `upsample_latents(z)`, of shape
+                `(B, latent_channels, H, W)`, or, when the decode is tiled, `z` itself (`(B, latent_channels, H / f,
+                W / f)`), which is then up-sampled one tile at a time so that no full-resolution copy exists.
+        """
+        if conditioning.shape[-2:] != noisy_sample.shape[-2:]:  # the latent itself: up-sample per tile
+            predict = lambda x, z: self.predict_velocity(x, timestep, self.upsample_latents(z))  # noqa: E731
+        else:
+            predict = lambda x, c: self.predict_velocity(x, timestep, c)  # noqa: E731
+        if not self._tiled(*noisy_sample.shape[-2:]):
+            return predict(noisy_sample, conditioning)
+        inputs, tile, overlap = [noisy_sample, conditioning], self.tile_sample_size, self.tile_overlap
+        if not self.tile_group_norm_statistics:
+            return tiled_map(predict, inputs, tile, overlap, self.config.out_channels)
+        statistics = GroupNormStatistics(self.decoder_unet)
+        with statistics.collect():  # pass 1: image-wide GroupNorm statistics, blend-weighted over the tiles
+            for _, _, weight, tiles in iter_tiles(inputs, tile, overlap):
+                statistics.add_tile(predict, *tiles, weight=weight)
+        with statistics.apply():  # pass 2: every tile normalised with them
+            return tiled_map(predict, inputs, tile, overlap, self.config.out_channels)
+
+    def decoder_conditioning(self, z: torch.Tensor) -> torch.Tensor:
+        """What `velocity_field` is conditioned on: `upsample_latents(z)`, computed once per decode, or, for a tiled
+        decode, `z` itself (each tile up-samples its own part)."""
+        f = self.downsample_factor
+        return z if self._tiled(z.shape[-2] * f, z.shape[-1] * f) else self.upsample_latents(z)
 
     def _decode(
         self,
         z: torch.Tensor,
-        noise: torch.Tensor,
+        noise: list[torch.Tensor],
         num_inference_steps: int,
         scheduler: SchedulerMixin,
         sigmas: list[float] | None,
     ) -> torch.Tensor:
-        conditioning = self.upsample_latents(z)  # once, not per step
+        conditioning = self.decoder_conditioning(z)  # once, not per step
         set_flow_match_timesteps(scheduler, num_inference_steps, device=z.device, sigmas=sigmas)
-        sample = noise
+        sample = noise.pop()  # the caller keeps no reference: the first step frees the initial noise
         for t in scheduler.timesteps:
             velocity = self.velocity_field(sample, t, conditioning)
             sample = scheduler.step(velocity, t, sample, return_dict=False)[0]
@@ -404,11 +449,12 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         if self.use_slicing and batch_size > 1:
             sample = torch.cat(
                 [
-                    self._decode(z_i, n_i, num_inference_steps, scheduler, sigmas)
+                    self._decode(z_i, [n_i], num_inference_steps, scheduler, sigmas)
                     for z_i, n_i in zip(z.split(1), noise.split(1))
                 ]
             )
         else:
+            noise = [noise]  # handed over, so that it is freed after the first step (bounded-memory tiling)
             sample = self._decode(z, noise, num_inference_steps, scheduler, sigmas)
 
         if not return_dict:

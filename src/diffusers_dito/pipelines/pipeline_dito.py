@@ -124,8 +124,10 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ decoding loop
     def _integrate(
-        self, conditioning, sample, num_inference_steps, sigmas, callback_on_step_end, tensor_inputs, progress
+        self, conditioning, slices, index, num_inference_steps, sigmas, callback_on_step_end, tensor_inputs, progress
     ):
+        sample = slices[index][1]
+        slices[index] = None  # drop the list's reference to the initial noise, so the first step frees it
         set_flow_match_timesteps(self.scheduler, num_inference_steps, device=sample.device, sigmas=sigmas)
         for i, t in enumerate(self.scheduler.timesteps):
             velocity = self.vae.velocity_field(sample, t, conditioning)  # (B, 3, H, W)
@@ -214,19 +216,21 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
                 dtype=z.dtype,
             )
             slices = list(zip(z.split(1), noise.split(1))) if self.vae.use_slicing else [(z, noise)]
+            del noise  # only `slices` holds it now; `_integrate` pops each part, freeing it after the first step
             set_flow_match_timesteps(self.scheduler, num_inference_steps, device=device, sigmas=sigmas)
             with self.progress_bar(total=len(self.scheduler.timesteps) * len(slices)) as progress:
                 samples = [
                     self._integrate(
-                        self.vae.upsample_latents(z_i),
-                        noise_i,
+                        self.vae.decoder_conditioning(slices[i][0]),
+                        slices,
+                        i,
                         num_inference_steps,
                         sigmas,
                         callback_on_step_end,
                         callback_on_step_end_tensor_inputs,
                         progress,
                     )
-                    for z_i, noise_i in slices
+                    for i in range(len(slices))
                 ]
             sample = torch.cat(samples).clamp(-1, 1)[:, :, : height or h * f, : width or w * f]  # crop the padding
             images = self.image_processor.postprocess(sample, output_type=output_type)
