@@ -67,3 +67,11 @@ def test_patching_is_undone_and_misuse_is_reported():
         net(torch.randn(2, 3, 8, 8))
     assert all("forward" not in norm.__dict__ for norm in stats.norms)
     torch.testing.assert_close(net(x), nn.Sequential(*net)(x))
+
+
+def test_half_precision_models_collect_in_float32():
+    net = pointwise_net(num_norms=1).to(torch.bfloat16)
+    shared, per_tile, reference = tiled_outputs(net, batch_of_images().to(torch.bfloat16))
+    assert shared.dtype == torch.bfloat16
+    error = (shared.float() - reference.float()).abs().mean()
+    assert error < 0.02 < (per_tile.float() - reference.float()).abs().mean(), error

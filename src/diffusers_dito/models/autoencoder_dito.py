@@ -379,7 +379,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         if not self.tile_group_norm_statistics:
             return tiled_map(predict, inputs, tile, overlap, self.config.out_channels)
         statistics = GroupNormStatistics(self.decoder_unet)
-        with statistics.collect():  # pass 1: image-wide GroupNorm statistics, blend-weighted over the tiles
+        with torch.no_grad(), statistics.collect():  # pass 1: image-wide statistics, blend-weighted over the tiles
             for _, _, weight, tiles in iter_tiles(inputs, tile, overlap):
                 statistics.add_tile(predict, *tiles, weight=weight)
         with statistics.apply():  # pass 2: every tile normalised with them

@@ -90,23 +90,23 @@ class GroupNormStatistics:
 
     def _collecting_forward(self, norm: nn.GroupNorm, index: int, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        weight = self._weight.to(x.dtype)
+        weight = self._weight.float()
         if weight.shape != (height, width):  # a deeper layer: average the weights over each cell
             weight = F.adaptive_avg_pool2d(weight[None, None], (height, width))[0, 0]
         weight = weight.reshape(-1)  # (h*w,)
         # This tile's weighted mean and sum of squared deviations per (sample, group), from matrix-vector products
-        # and a temporary of one group's size (no float64 copy: memory stays that of the plain forward), merged into
-        # the running totals with Chan et al.'s pairwise update, exact even when the mean is large against the spread.
+        # on one group at a time in float32 (a temporary of one group's size, whatever the model's dtype, so memory
+        # stays that of the plain forward), merged into the running totals with Chan et al.'s pairwise update, which
+        # stays exact when the mean is large against the spread.
         groups = x.detach().reshape(batch, norm.num_groups, -1, height * width)  # (B, G, C/G, h*w)
         count = weight.sum().double() * groups.shape[2]
-        mean = (groups @ weight).sum(-1).double() / count  # (B, G)
-        spread = torch.stack(
-            [
-                ((groups[:, g] - mean[:, g, None, None].to(x.dtype)).square_() @ weight).sum(-1).double()
-                for g in range(norm.num_groups)
-            ],
-            dim=1,
-        )  # (B, G)
+        means, spreads = [], []
+        for g in range(norm.num_groups):
+            values = groups[:, g].float()  # (B, C/G, h*w)
+            mean = (values @ weight).sum(-1) / count.float()  # (B,)
+            means.append(mean.double())
+            spreads.append(((values - mean[:, None, None]).square_() @ weight).sum(-1).double())
+        mean, spread = torch.stack(means, dim=1), torch.stack(spreads, dim=1)  # (B, G) each
         if self._sums[index] is None:
             self._sums[index] = [count, mean, spread]
         else:
