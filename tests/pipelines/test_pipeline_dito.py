@@ -144,3 +144,17 @@ def test_bad_inputs(pipe, kwargs, error, match):
         call.pop("image")
     with pytest.raises(error, match=match):
         pipe(**call)
+
+
+def test_tiled_and_sliced_decoding_is_the_vaes_tiled_decode(pipe):
+    z = pipe.encode([pil(32, 48, seed=0), pil(32, 48, seed=1)])  # (2, 4, 4, 6)
+    pipe.vae.enable_tiling(tile_sample_size=16, tile_overlap=8)
+    pipe.vae.enable_slicing()
+    widths = []
+    hook = pipe.vae.decoder_unet.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[-1]))
+    images = pipe(latents=z, num_inference_steps=2, generator=[gen(0), gen(1)], output_type="pt").images
+    hook.remove()
+    assert set(widths) == {16}  # every decoder evaluation saw one tile
+    with torch.no_grad():
+        reference = pipe.vae.decode(z, generator=[gen(0), gen(1)], num_inference_steps=2).sample
+    torch.testing.assert_close(images, (reference / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)

@@ -99,3 +99,14 @@ def test_lora_adapter_on_transformer(pipe):
 
     pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"]))
     assert any("lora" in name for name, _ in pipe.transformer.named_parameters())
+
+
+def test_generation_decodes_tile_by_tile_when_the_vae_tiles(pipe):
+    kwargs = {"num_inference_steps": 2, "decoder_num_inference_steps": 2, "output_type": "np"}
+    pipe.vae.enable_tiling(tile_sample_size=16, tile_overlap=8)
+    widths = []
+    hook = pipe.vae.decoder_unet.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[-1]))
+    images = pipe([0, 1], generator=gen(), **kwargs).images
+    hook.remove()
+    assert set(widths) == {16} and images.shape == (2, 32, 32, 3)
+    assert np.isfinite(images).all() and images.std() > 0.05
