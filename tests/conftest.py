@@ -52,40 +52,34 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / mse)  # peak-to-peak range of [-1, 1] is 2
 
 
-@pytest.fixture(scope="session")
-def overfit_tiny():
-    """dito-tiny trained for 200 steps on 4 smooth 32² images; shared by the sign check and the tiling tests."""
+def train_dito_tiny(next_batch, steps: int):
+    """dito-tiny from seed 0, trained with AdamW (lr 2e-3) on `next_batch(generator)` for `steps` steps."""
     from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
 
     torch.manual_seed(0)
     vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
-    x = smooth_images(4, 32)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        loss = dito_flow_matching_loss(vae, x, generator=g).loss
+    for _ in range(steps):
+        loss = dito_flow_matching_loss(vae, next_batch(g), generator=g).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return vae.eval(), x
+    return vae.eval()
+
+
+@pytest.fixture(scope="session")
+def overfit_tiny():
+    """dito-tiny trained for 200 steps on 4 smooth 32² images; shared by the sign check and the tiling tests."""
+    x = smooth_images(4, 32)
+    return train_dito_tiny(lambda g: x, steps=200), x
 
 
 @pytest.fixture(scope="session")
 def photo_tiny():
     """dito-tiny trained for 150 steps on random 32² crops of the training photos. Unlike `overfit_tiny` it
     generalises to held-out photos and to larger images, which the tiling tests decode."""
-    from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
     from diffusers_dito.sample_data import TRAIN_PHOTOS, photo_crops
 
-    torch.manual_seed(0)
-    vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
     data = photo_crops(256, 32, 32, TRAIN_PHOTOS, seed=0)  # (256, 3, 32, 32)
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        batch = data[torch.randint(0, len(data), (8,), generator=g)]
-        loss = dito_flow_matching_loss(vae, batch, generator=g).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return vae.eval()
+    return train_dito_tiny(lambda g: data[torch.randint(0, len(data), (8,), generator=g)], steps=150)

@@ -78,8 +78,9 @@ def iter_tiles(
     height, width = inputs[0].shape[-2:]
     factors = [height // t.shape[-2] for t in inputs]  # each input's resolution relative to the first
     device = inputs[0].device
+    columns = tile_weights(width, tile, overlap, downscale, device)
     for y, wy in tile_weights(height, tile, overlap, downscale, device):
-        for x, wx in tile_weights(width, tile, overlap, downscale, device):
+        for x, wx in columns:
             th, tw = len(wy) * downscale, len(wx) * downscale
             tiles = [t[..., y // k : (y + th) // k, x // k : (x + tw) // k] for t, k in zip(inputs, factors)]
             yield y, x, wy[:, None] * wx[None, :], tiles
@@ -122,26 +123,22 @@ def tiled_map(
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
-def tile_border_gradient_ratio(images: torch.Tensor, tile: int, overlap: int, cell: int = 1) -> float:
+def tile_border_gradient_ratio(images: torch.Tensor, tile: int, overlap: int) -> float:
     r"""
     Seam detector: the mean absolute difference between neighbouring pixels across the tile borders of a
-    `tile`/`overlap` grid, divided by that across the other lines of the image's `cell` grid. About 1 when tiling
-    leaves no seams; a visible seam (a step at the borders) makes it larger.
-
-    Tile borders of a DiTo decode lie on multiples of f, which are also the edges of the nearest-neighbour
-    up-sampled latent cells, where any decode (tiled or not) changes a little faster. Pass `cell=f` to compare the
-    borders with the other cell edges only, so that the ratio measures the tiling and not the latent grid.
+    `tile`/`overlap` grid, divided by that across all other pixel lines. About 1 when tiling leaves no seams; a
+    visible seam (a step at the borders) makes it larger. DiTo's tile borders lie on the latent grid, where any
+    decode changes a little faster, so compare with an untiled decode's ratio (as `tests/models/test_tiling.py` does).
 
     Args:
         images (`torch.Tensor` of shape `(B, C, H, W)`): Decoded images.
         tile, overlap: The grid the images were decoded with (`enable_tiling(tile, overlap)`).
-        cell (`int`, *optional*, defaults to 1): Compare with the lines at multiples of `cell` only.
 
     Examples:
         ```py
         >>> flat = torch.zeros(1, 3, 64, 64)
         >>> flat[..., 32:] = 1.0  # a step at the border x = 32 of 32-px tiles with overlap 16
-        >>> tile_border_gradient_ratio(flat + 0.01 * torch.randn(1, 3, 64, 64), 32, 16, cell=8) > 10
+        >>> tile_border_gradient_ratio(flat + 0.01 * torch.randn(1, 3, 64, 64), 32, 16) > 10
         True
 
         ```
@@ -150,9 +147,8 @@ def tile_border_gradient_ratio(images: torch.Tensor, tile: int, overlap: int, ce
     def lines(length: int) -> tuple[list[int], list[int]]:
         starts = tile_starts(length, tile, overlap)
         borders = {s for s in starts if s > 0} | {s + tile for s in starts if s + tile < length}
-        others = [p for p in range(cell, length, cell) if p not in borders]
         # Index i of a difference crosses the line between pixels i and i + 1, so line p is index p - 1.
-        return [p - 1 for p in sorted(borders)], [p - 1 for p in others]
+        return [p - 1 for p in sorted(borders)], [p - 1 for p in range(1, length) if p not in borders]
 
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs()  # (B, C, H - 1, W)
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs()  # (B, C, H, W - 1)
