@@ -4,6 +4,7 @@
 # Structure adapted from diffusers `models/autoencoders/consistency_decoder_vae.py` (an autoencoder whose decoder is
 # a diffusion UNet) and `autoencoder_kl.py` (the encode/decode API that stock pipelines call).
 import inspect
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,57 @@ def set_flow_match_timesteps(
         scheduler.set_timesteps(num_inference_steps, device=device)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)  # known start: no per-call timestep lookup (a host-device sync on GPU)
+
+
+MAX_INFERENCE_STEPS = 1000  # ODE steps: far past any quality gain, and a bound on the run time a typo can cost
+
+
+def _check_config(**config) -> None:
+    """A `ValueError` naming the field for a config no model can be built from (or that would decode to NaN)."""
+    for name in ("in_channels", "out_channels", "latent_channels", "encoder_layers_per_block"):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"Config `{name}` must be an int >= 1, got {value!r}.")
+    if config["decoder_layers_per_block"] < 1:
+        raise ValueError(f"Config `decoder_layers_per_block` must be >= 1, got {config['decoder_layers_per_block']}.")
+    for widths_name, groups_name in (
+        ("block_out_channels", "encoder_norm_num_groups"),
+        ("decoder_block_out_channels", "decoder_norm_num_groups"),
+    ):
+        widths, groups = list(config[widths_name]), config[groups_name]
+        if not widths or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in widths):
+            raise ValueError(f"Config `{widths_name}` must be positive ints, got {widths}.")
+        if groups < 1 or any(c % groups for c in widths):
+            raise ValueError(f"Config `{widths_name}` {widths} must be multiples of `{groups_name}` = {groups}.")
+    eps = config["layer_norm_eps"]
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"Config `layer_norm_eps` must be a finite number > 0, got {eps!r}.")
+    steps = config["num_inference_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_INFERENCE_STEPS:
+        raise ValueError(f"Config `num_inference_steps` must be an int in [1, {MAX_INFERENCE_STEPS}], got {steps!r}.")
+    for name in ("scaling_factor", "shift_factor"):
+        if not math.isfinite(config[name]) or (name == "scaling_factor" and config[name] == 0):
+            raise ValueError(f"Config `{name}` must be finite (and the scaling non-zero), got {config[name]!r}.")
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """A `ValueError` if `tensor` holds NaN or inf: such values would reach image files as black pixels."""
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{what} contains {bad} NaN or infinite values; expected finite numbers.")
+
+
+def check_generators(generator, batch_size: int) -> None:
+    """`generator` is None, one `torch.Generator`, or a list of exactly `batch_size` of them."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, list) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise TypeError(
+            f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}; "
+            "for a seed, pass torch.Generator().manual_seed(seed)."
+        )
+    if len(generator) != batch_size:
+        raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images.")
 
 
 class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin):
@@ -163,6 +215,21 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         force_upcast: bool = False,
     ):
         super().__init__()
+        _check_config(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            latent_channels=latent_channels,
+            block_out_channels=block_out_channels,
+            encoder_layers_per_block=encoder_layers_per_block,
+            encoder_norm_num_groups=encoder_norm_num_groups,
+            decoder_block_out_channels=decoder_block_out_channels,
+            decoder_layers_per_block=decoder_layers_per_block,
+            decoder_norm_num_groups=decoder_norm_num_groups,
+            layer_norm_eps=layer_norm_eps,
+            num_inference_steps=num_inference_steps,
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+        )
         downsample_factor = 2 ** (len(block_out_channels) - 1)
         decoder_factor = 2 ** (len(decoder_block_out_channels) - 1)
         if downsample_factor % decoder_factor != 0:
@@ -224,6 +291,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
             raise ValueError(f"Expected {expected}, got shape {tuple(x.shape)} and dtype {x.dtype}.")
         if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0 or x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"Expected {expected}, got shape {tuple(x.shape)}.")
+        check_finite(x, "The image tensor")
 
     def check_latents(self, z: torch.Tensor) -> None:
         """Raise a `TypeError`/`ValueError` stating the expected shape unless `z` is a valid `decode` input."""
@@ -233,14 +301,17 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
             raise TypeError(f"Expected {expected}, got {type(z).__name__}.")
         if z.ndim != 4 or not z.is_floating_point() or z.shape[1] != c or 0 in z.shape:
             raise ValueError(f"Expected {expected}, got shape {tuple(z.shape)} and dtype {z.dtype}.")
+        check_finite(z, "The latent tensor")
 
     @staticmethod
     def check_steps(num_inference_steps: int) -> None:
         """Raise unless `num_inference_steps` is an int >= 1."""
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise TypeError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
-        if num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps}.")
+        if not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
+            raise ValueError(
+                f"`num_inference_steps` must be >= 1 and <= {MAX_INFERENCE_STEPS}, got {num_inference_steps}."
+            )
 
     # ------------------------------------------------------------------ encoder
     def enable_tiling(
@@ -332,6 +403,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
             z = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
         else:
             z = self._encode(x)
+        check_finite(z, "The encoder's output (check the weights and `layer_norm_eps`)")
         dist = DiToLatentDistribution(z)
         if not return_dict:
             return (dist,)
@@ -441,6 +513,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
 
         z = z.to(self.decoder_unet.conv_in.weight.dtype)
         batch_size, _, h, w = z.shape
+        check_generators(generator, batch_size)
         f = self.downsample_factor
         # Draw all the noise up front, so that slicing does not change which noise each image gets.
         noise = randn_tensor(
@@ -456,6 +529,11 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         else:
             noise = [noise]  # handed over, so that it is freed after the first step (bounded-memory tiling)
             sample = self._decode(z, noise, num_inference_steps, scheduler, sigmas)
+        check_finite(
+            sample,
+            f"The decoded images (latents ranged over [{z.min().item():.3g}, {z.max().item():.3g}]; DiTo latents are "
+            "layer-normalised, so values far beyond ±10 mean they were scaled wrongly)",
+        )
 
         if not return_dict:
             return (sample,)

@@ -12,7 +12,7 @@ from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..image_utils import to_rgb
-from ..models.autoencoder_dito import AutoencoderDiTo, set_flow_match_timesteps
+from ..models.autoencoder_dito import AutoencoderDiTo, check_finite, check_generators, set_flow_match_timesteps
 from .loading import DiToPipelineLoadingMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -35,6 +35,15 @@ EXAMPLE_DOC_STRING = """
 
         ```
 """
+
+
+def _uint8_to_unit(image):
+    """An 8-bit array or tensor (0–255, like PIL's pixels) as float in [0, 1], diffusers' convention for arrays."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        return image.float() / 255.0
+    return image
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -79,6 +88,18 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
                 "`image` must be a PIL image, a numpy array, a torch tensor, or a list of them (diffusers "
                 f"`VaeImageProcessor` conventions), got {type(image).__name__}."
             )
+        kinds = {type(i) if not isinstance(i, PIL.Image.Image) else PIL.Image.Image for i in items}
+        if len(kinds) > 1:
+            raise TypeError(
+                f"A list of images must hold one kind of image, got {sorted(k.__name__ for k in kinds)}; convert "
+                "them all to PIL images (or all to arrays) first."
+            )
+        for item in items:
+            size = item.size if isinstance(item, PIL.Image.Image) else None
+            if size is not None and 0 in size:
+                raise ValueError(f"`image` has size {size}; images must be at least 1×1 pixel.")
+        items = [_uint8_to_unit(i) for i in items]  # uint8 means 0–255, as in PIL; floats are read as [0, 1]
+        image = items if isinstance(image, list) else items[0]
         if isinstance(image, list) or isinstance(image, PIL.Image.Image):
             items = [to_rgb(i) if isinstance(i, PIL.Image.Image) else i for i in items]  # L, RGBA, P, CMYK, 16-bit
             image = items if isinstance(image, list) else items[0]
@@ -87,6 +108,8 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
             raise ValueError(f"All images in a batch must have the same size, got sizes {sorted(sizes)}.")
         if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim not in (2, 3, 4):
             raise ValueError(f"Array images must be (H, W), (H, W, C), or (B, ...) arrays, got shape {image.shape}.")
+        if isinstance(image, (np.ndarray, torch.Tensor)) and 0 in image.shape:
+            raise ValueError(f"`image` has shape {tuple(image.shape)}; images must be at least 1×1 pixel.")
         try:
             x = self.image_processor.preprocess(image)  # (B, C, H, W) in [-1, 1]
         except (ValueError, TypeError, RuntimeError) as err:
@@ -105,6 +128,34 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
 
     def _unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+
+    def check_output_size(self, height, width, latent_size) -> None:
+        """`height`/`width` with `latents`: ints that the latent's size could have come from (padding < f)."""
+        f = self.vae_scale_factor
+        for name, value, side in (("height", height, latent_size[0]), ("width", width, latent_size[1])):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"`{name}` must be an int, got {value!r}.")
+            if not (side - 1) * f < value <= side * f:
+                raise ValueError(
+                    f"`{name}` {value} does not fit latents of size {side}: it must be in "
+                    f"[{(side - 1) * f + 1}, {side * f}] (the image side before padding to a multiple of {f})."
+                )
+
+    @staticmethod
+    def _callback_sample(callback_outputs, sample: torch.Tensor) -> torch.Tensor:
+        """The sample a step callback hands back: a dict, whose optional `"sample"` keeps the sample's shape."""
+        if not isinstance(callback_outputs, dict):
+            raise TypeError(
+                "`callback_on_step_end` must return a dict (e.g. the `callback_kwargs` it was given), got "
+                f"{type(callback_outputs).__name__}."
+            )
+        new = callback_outputs.pop("sample", sample)
+        if not isinstance(new, torch.Tensor) or new.shape != sample.shape:
+            shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise ValueError(f"`callback_on_step_end` returned a sample of {shape}; expected {tuple(sample.shape)}.")
+        return new
 
     @torch.no_grad()
     def encode(self, image) -> torch.Tensor:
@@ -135,7 +186,7 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
             if callback_on_step_end is not None:
                 callback_kwargs = {name: {"sample": sample}[name] for name in tensor_inputs}
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                sample = callback_outputs.pop("sample", sample)
+                sample = self._callback_sample(callback_outputs, sample)
             progress.update()
         return sample
 
@@ -193,12 +244,15 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         device = self._execution_device
 
         if image is not None:
+            if height is not None or width is not None:
+                raise ValueError("`height` and `width` apply to `latents` only; an `image` keeps its own size.")
             x = self._preprocess(image)
             height, width = x.shape[-2:]
             x = pad_to_multiple(x, self.vae_scale_factor).to(device=device, dtype=self.vae.dtype)
             z = self.vae.encode(x).latents  # (B, C, H'/f, W'/f)
         else:
             self.vae.check_latents(latents)
+            self.check_output_size(height, width, latents.shape[-2:])
             z = self._unscale_latents(latents.to(device=device, dtype=self.vae.dtype))
 
         if output_type == "latent":
@@ -206,8 +260,7 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         else:
             batch_size, _, h, w = z.shape
             f = self.vae_scale_factor
-            if isinstance(generator, list) and len(generator) != batch_size:
-                raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images.")
+            check_generators(generator, batch_size)
             # All noise up front, so that `vae.enable_slicing()` does not change any image.
             noise = randn_tensor(
                 (batch_size, self.vae.config.out_channels, h * f, w * f),
@@ -232,7 +285,9 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
                     )
                     for i in range(len(slices))
                 ]
-            sample = torch.cat(samples).clamp(-1, 1)[:, :, : height or h * f, : width or w * f]  # crop the padding
+            sample = torch.cat(samples)
+            check_finite(sample, "The decoded images")
+            sample = sample.clamp(-1, 1)[:, :, : height or h * f, : width or w * f]  # crop the padding
             images = self.image_processor.postprocess(sample, output_type=output_type)
 
         self.maybe_free_model_hooks()

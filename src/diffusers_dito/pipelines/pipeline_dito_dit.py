@@ -1,5 +1,6 @@
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
 # Structure adapted from diffusers `pipelines/dit/pipeline_dit.py`, with a flow-matching latent ODE and DiTo decoding.
+import math
 from collections.abc import Callable
 
 import torch
@@ -101,8 +102,8 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         for label in class_labels:
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < self.num_classes:
                 raise ValueError(f"Class labels must be ints in [0, {self.num_classes - 1}], got {label!r}.")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 1:
-            raise ValueError(f"`guidance_scale` must be >= 1 (1 disables guidance), got {guidance_scale!r}.")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 1:
+            raise ValueError(f"`guidance_scale` must be finite and >= 1 (1: no guidance), got {guidance_scale!r}.")
         self.vae.check_steps(num_inference_steps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
