@@ -11,12 +11,56 @@ Examples:
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+MAX_STEPS = 1000  # ODE steps: far past any quality gain (docs/benchmarks.md), and a bound on run time and memory
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as the one line `prog: error: message` (exit code 2), no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def steps_type(value: str) -> int:
+    """argparse type for ODE steps: an int in [1, MAX_STEPS], checked at parse time so the flag is named."""
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not 1 <= steps <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"must be >= 1 and <= {MAX_STEPS}, got {value}")
+    return steps
+
+
+def seed_type(value: str) -> int:
+    """argparse type for seeds: an int in [0, 2**64 - 1], what torch.Generator accepts."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64 - 1], got {value}")
+    return seed
+
+
+def finite_float(value: str) -> float:
+    """argparse type for a float that must be finite (inf and nan would give all-black images)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be finite, got {value}")
+    return number
 
 
 def _load_pipeline(model: str, kind: str):
@@ -25,6 +69,7 @@ def _load_pipeline(model: str, kind: str):
     from diffusers.utils import logging as diffusers_logging
 
     from . import AutoencoderDiTo, DiToDiTPipeline, DiToPipeline
+    from .safe_loading import read_model_index
 
     diffusers_logging.disable_progress_bar()  # keep stderr for our own one-line errors
 
@@ -32,7 +77,7 @@ def _load_pipeline(model: str, kind: str):
     if not path.is_dir():
         raise CLIError(f"--model {model}: no such folder (expected a saved DiTo pipeline or model folder)")
     if (path / "model_index.json").is_file():
-        index = json.loads((path / "model_index.json").read_text())
+        index = read_model_index(path / "model_index.json")
         class_name = index.get("_class_name")
         class_name = class_name[-1] if isinstance(class_name, list) else class_name
         classes = {"DiToPipeline": DiToPipeline, "DiToDiTPipeline": DiToDiTPipeline}
@@ -49,34 +94,67 @@ def _load_pipeline(model: str, kind: str):
         raise CLIError(f"--model {model}: no model_index.json or config.json inside")
     if kind == "reconstruct" and isinstance(pipe, DiToDiTPipeline):
         pipe = DiToPipeline(vae=pipe.vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)  # stderr is for one-line errors, not a bar per image
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _reconstruct(args) -> None:
-    import torch
+def _read_image(name: str):
+    """An RGB PIL image, or a one-line error; an animated file gives its first frame, with a note on stderr."""
     from PIL import Image, UnidentifiedImageError
 
     from .image_utils import to_rgb
 
-    images = []
-    for name in args.inputs:
-        try:
-            with Image.open(name) as image:
-                images.append(to_rgb(image))
-        except FileNotFoundError:
-            raise CLIError(f"{name}: no such file") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise CLIError(f"{name}: not a readable image ({err.__class__.__name__})") from None
-    if args.steps is not None and args.steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    path = Path(name)
+    if path.is_dir():
+        raise CLIError(f"{name}: is a directory, not an image file")
+    try:
+        with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                print(f"diffusers-dito: note: {name} has {frames} frames; reconstructing the first", file=sys.stderr)
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise CLIError(f"{name}: no such file") from None
+    except Image.DecompressionBombError as err:
+        raise CLIError(f"{name}: too large to open safely ({err})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise CLIError(f"{name}: not a readable image ({err.__class__.__name__})") from None
+
+
+def output_paths(inputs: list[str], out: Path) -> list[Path]:
+    """
+    One `<stem>.png` per input under `out`, never an input's own path and never another output's: a colliding name
+    gets `-1`, `-2`, ... (`photo.png`, `photo-1.png`). Reconstructing `dir/photo.png` into `dir/` writes
+    `dir/photo-1.png` and leaves the original alone.
+    """
+    taken = {Path(name).resolve() for name in inputs}
+    targets = []
+    for name in inputs:
+        stem, k = Path(name).stem, 0
+        target = out / f"{stem}.png"
+        while target.resolve() in taken:
+            k += 1
+            target = out / f"{stem}-{k}.png"
+        taken.add(target.resolve())
+        targets.append(target)
+    return targets
+
+
+def _reconstruct(args) -> None:
+    import torch
+
+    images = [_read_image(name) for name in args.inputs]
     pipe = _load_pipeline(args.model, "reconstruct")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, image in zip(args.inputs, images):  # one at a time: inputs may differ in size
+    targets = output_paths(args.inputs, out)
+    results = []
+    for image in images:  # one at a time: inputs may differ in size; nothing is written before all succeed
         result = pipe(image, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed))
-        target = out / f"{Path(name).stem}.png"
-        result.images[0].save(target)
-        print(target)
+        results.append(result.images[0])
+    out.mkdir(parents=True, exist_ok=True)
+    for name, target, image in zip(args.inputs, targets, results):
+        image.save(target)
+        print(f"{name} -> {target}")
 
 
 def _generate(args) -> None:
@@ -84,8 +162,6 @@ def _generate(args) -> None:
 
     if args.guidance_scale < 1:
         raise CLIError(f"--guidance-scale must be >= 1, got {args.guidance_scale}")
-    if args.steps < 1 or (args.decoder_steps is not None and args.decoder_steps < 1):
-        raise CLIError("--steps and --decoder-steps must be >= 1")
     pipe = _load_pipeline(args.model, "generate")
     labels = []
     for label in args.class_labels:
@@ -100,7 +176,6 @@ def _generate(args) -> None:
         if not 0 <= label < pipe.num_classes:
             raise CLIError(f"--class-labels: {label} is out of range [0, {pipe.num_classes - 1}]")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = pipe(
         labels,
         guidance_scale=args.guidance_scale,
@@ -108,6 +183,7 @@ def _generate(args) -> None:
         decoder_num_inference_steps=args.decoder_steps,
         generator=torch.Generator().manual_seed(args.seed),
     )
+    out.mkdir(parents=True, exist_ok=True)
     for i, (label, image) in enumerate(zip(labels, result.images)):
         target = out / f"{i:04d}_class{label}.png"
         image.save(target)
@@ -135,24 +211,26 @@ def _info(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffusers-dito", description="DiTo diffusion autoencoders.")
+    parser = _ArgumentParser(prog="diffusers-dito", description="DiTo diffusion autoencoders.")
     verbs = parser.add_subparsers(dest="command", required=True)
 
     p = verbs.add_parser("reconstruct", help="Encode and decode images.")
     p.add_argument("--model", required=True, help="Saved DiToPipeline (or AutoencoderDiTo) folder.")
     p.add_argument("inputs", nargs="+", metavar="IN", help="Image files.")
-    p.add_argument("--out", required=True, help="Output folder; writes <input stem>.png.")
-    p.add_argument("--steps", type=int, default=None, help="ODE steps (default: the model's config).")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", required=True, help="Output folder; writes <input stem>.png (-1, -2... where a name is taken)."
+    )
+    p.add_argument("--steps", type=steps_type, default=None, help="ODE steps (default: the model's config).")
+    p.add_argument("--seed", type=seed_type, default=0)
     p.set_defaults(func=_reconstruct)
 
     p = verbs.add_parser("generate", help="Class-conditional generation with a DiToDiTPipeline.")
     p.add_argument("--model", required=True, help="Saved DiToDiTPipeline folder.")
     p.add_argument("--class-labels", nargs="+", required=True, help="Class ids or names.")
-    p.add_argument("--guidance-scale", type=float, default=2.0)
-    p.add_argument("--steps", type=int, default=50, help="Latent ODE steps.")
-    p.add_argument("--decoder-steps", type=int, default=None, help="DiTo decoding steps (default: config).")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=finite_float, default=2.0)
+    p.add_argument("--steps", type=steps_type, default=50, help="Latent ODE steps.")
+    p.add_argument("--decoder-steps", type=steps_type, default=None, help="DiTo decoding steps (default: config).")
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--out", required=True, help="Output folder.")
     p.set_defaults(func=_generate)
 
@@ -165,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a usage error (printed as one line) or --help: return its code, as errors do
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         args.func(args)
     except (CLIError, ValueError, TypeError, OSError) as err:

@@ -1,0 +1,117 @@
+"""The CLI never loses a user's file, and every user error is one line with exit code 2."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusers_dito.cli import main
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from conftest import tiny_dito_config
+    from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
+
+    root = tmp_path_factory.mktemp("cli_safety")
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_dito_config())
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "dito")
+    dit = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
+    DiToDiTPipeline(dit, vae, FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "dit")
+    rng = np.random.default_rng(0)
+    for folder in ("a", "b"):
+        (root / folder).mkdir()
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "a" / "photo.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "b" / "photo.jpg")
+    frames = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
+    return root
+
+
+def one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_reconstruct_into_the_inputs_folder_keeps_the_original(root, tmp_path):
+    folder = tmp_path / "dir"
+    shutil.copytree(root / "a", folder)
+    original = (folder / "photo.png").read_bytes()
+    assert main(["reconstruct", "--model", str(root / "dito"), str(folder / "photo.png"), "--out", str(folder)]) == 0
+    assert (folder / "photo.png").read_bytes() == original
+    assert Image.open(folder / "photo-1.png").size == (16, 16)
+
+
+def test_reconstruct_inputs_with_the_same_stem_get_distinct_outputs(root, tmp_path, capsys):
+    inputs = [str(root / "a" / "photo.png"), str(root / "b" / "photo.jpg")]
+    assert main(["reconstruct", "--model", str(root / "dito"), *inputs, "--out", str(tmp_path), "--steps", "1"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo-1.png", "photo.png"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"{inputs[0]} -> {tmp_path / 'photo.png'}", f"{inputs[1]} -> {tmp_path / 'photo-1.png'}"]
+
+
+def test_reconstruct_refuses_a_decompression_bomb_in_one_line(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16×16 = 256 > 2 × 100: PIL's bomb error
+    argv = ["reconstruct", "--model", str(root / "dito"), str(root / "a" / "photo.png"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "too large" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()  # a failed run leaves no empty output folder
+
+
+def test_reconstruct_names_a_directory_input(root, tmp_path, capsys):
+    assert main(["reconstruct", "--model", str(root / "dito"), str(root / "a"), "--out", str(tmp_path / "o")]) == 2
+    assert "is a directory" in one_error_line(capsys)
+
+
+def test_reconstruct_of_an_animation_says_which_frame(root, tmp_path, capsys):
+    argv = ["reconstruct", "--model", str(root / "dito"), str(root / "anim.gif"), "--out", str(tmp_path)]
+    argv += ["--steps", "1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "3 frames; reconstructing the first" in err
+    assert "it/s" not in err and "%|" not in err  # no progress bar per image
+
+
+@pytest.mark.parametrize("content", ["null", "[1, 2]", "{not json"])
+def test_broken_model_index_is_named(root, tmp_path, capsys, content):
+    model = tmp_path / "model"
+    shutil.copytree(root / "dito", model)
+    (model / "model_index.json").write_text(content)
+    assert main(["info", "--model", str(model)]) == 2
+    assert "model_index.json" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["reconstruct", "--model", "{m}", "{img}", "--out", "{t}", "--steps", "1000000000000"], "--steps"),
+        (["reconstruct", "--model", "{m}", "{img}", "--out", "{t}", "--seed", str(2**64)], "--seed"),
+        (["reconstruct", "--model", "{m}", "{img}", "--out", "{t}", "--seed", "-1"], "--seed"),
+        (["generate", "--model", "{d}", "--class-labels", "1", "--out", "{t}", "--guidance-scale", "nan"], "guidance"),
+        (["generate", "--model", "{d}", "--class-labels", "1", "--out", "{t}", "--guidance-scale", "inf"], "guidance"),
+        (["generate", "--model", "{d}", "--class-labels", "1", "--out", "{t}", "--decoder-steps", "0"], "decoder"),
+    ],
+)
+def test_out_of_range_flags_are_named_at_parse_time(root, tmp_path, capsys, argv, flag):
+    fill = {"m": root / "dito", "d": root / "dit", "img": root / "a" / "photo.png", "t": tmp_path / "o"}
+    argv = [a.format(**fill) for a in argv]
+    assert main(argv) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in message and "Traceback" not in message
+    assert not (tmp_path / "o").exists()
+
+
+def test_info_model_index_class_is_reported(root, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(root / "dito", model)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
+    assert main(["info", "--model", str(model)]) == 2
+    assert "not a DiTo pipeline" in one_error_line(capsys)
