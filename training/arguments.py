@@ -8,6 +8,7 @@ exit code 2) before any data or model is loaded.
 import argparse
 import inspect
 import json
+import math
 import os
 from pathlib import Path
 
@@ -32,6 +33,20 @@ def non_negative_int(value: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return number
+
+
+def positive_finite_float(value: str) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return number
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with errors as the one line `prog: error: message` (exit code 2) and no usage block above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def fraction(value: str) -> float:
@@ -97,16 +112,27 @@ def add_data_loading_arguments(group, resolution_help: str, flip_help: str) -> N
     )
 
 
+LR_SCHEDULERS = ("constant", "cosine")
+
+
 def add_optimisation_arguments(
     parser: argparse.ArgumentParser, title: str, weight_decay: float, ema_by_default: bool
 ) -> None:
     optim = parser.add_argument_group(title)
-    optim.add_argument("--learning_rate", type=float, default=1e-4, help="Constant learning rate after warm-up.")
+    optim.add_argument(
+        "--learning_rate", type=positive_finite_float, default=1e-4, help="Learning rate after the warm-up."
+    )
     optim.add_argument("--adam_beta1", type=float, default=0.9)
     optim.add_argument("--adam_beta2", type=float, default=0.999)
     optim.add_argument("--adam_weight_decay", type=float, default=weight_decay)
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up steps.")
+    optim.add_argument(
+        "--lr_scheduler",
+        choices=LR_SCHEDULERS,
+        default="constant",
+        help="After the warm-up: constant, or a cosine decay to 0 at --max_train_steps (which it then needs).",
+    )
     optim.add_argument("--train_batch_size", type=positive_int, default=16, help="Batch size per device.")
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     optim.add_argument("--max_train_steps", type=positive_int, default=None, help="Overrides --num_train_epochs.")
@@ -142,6 +168,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, default_output_dir
     ckpt.add_argument("--checkpointing_steps", type=positive_int, default=500)
     ckpt.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="Keep at most N.")
     ckpt.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest".')
+    ckpt.add_argument(
+        "--allow_changed_resume",
+        action="store_true",
+        help="Resume even though the batch size, number of processes, gradient accumulation, resolution or dataset "
+        "size differ from the checkpoint's run (a warning lists them): training continues from the saved weights, "
+        "optimizer and step, but no longer replays the data exactly. A changed model config is never allowed.",
+    )
     ckpt.add_argument(
         "--checkpoint_on_sigterm",
         action=argparse.BooleanOptionalAction,
@@ -187,7 +220,9 @@ def check_data_source(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def check_run_arguments(
     args: argparse.Namespace, parser: argparse.ArgumentParser, pretrained_flag: str, pretrained: str | None
 ) -> None:
-    """Trackers, LoRA (which adapts the model given by `pretrained_flag`) and resuming."""
+    """The schedule, trackers, LoRA (which adapts the model given by `pretrained_flag`) and resuming."""
+    if args.lr_scheduler != "constant" and args.max_train_steps is None:
+        parser.error(f"--lr_scheduler {args.lr_scheduler} needs --max_train_steps (where the decay ends).")
     if args.report_to == "wandb" and not is_wandb_available():
         parser.error("--report_to wandb needs `pip install wandb`.")
     if args.lora_rank > 0 and pretrained is None:

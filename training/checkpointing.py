@@ -21,8 +21,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import safetensors.torch
@@ -38,6 +39,12 @@ logger = get_logger(__name__, log_level="INFO")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_adapter writes
 COMPLETE_MARKER = "checkpoint_complete.json"
 TMP_PREFIX = ".tmp-"  # checkpoints being written or deleted; never `checkpoint-*`, so never resumed from
+# Only exactly `checkpoint-<step>` is a checkpoint: a user's `checkpoint-2-backup` is never resumed from or deleted.
+CHECKPOINT_NAME = re.compile(r"checkpoint-([0-9]+)")
+
+
+class ResumeMismatchError(ValueError):
+    """The checkpoint was saved by a run whose settings (batch, processes, data, model...) differ from this one's."""
 
 
 class NonFiniteWeightsError(RuntimeError):
@@ -56,6 +63,9 @@ class TrainingProgress:
     nonfinite_streak: int = 0  # of those, how many in a row up to now
     corrupt_images: int = 0  # unreadable files
     too_small_images: int = 0  # skipped by --small_image_policy skip
+    # What exact resume depends on (batch size, processes, accumulation, resolution, dataset size, model config):
+    # written into every checkpoint's marker and compared on resume (`resume`).
+    run_signature: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +77,7 @@ class TrainingProgress:
 
 # --------------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_step(path: Path) -> int:
-    return int(path.name.split("-")[1])
+    return int(CHECKPOINT_NAME.fullmatch(path.name).group(1))
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
@@ -76,7 +86,7 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
 
 def list_checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
     """`checkpoint-N` folders by step: the complete ones, or (complete=False) those missing their marker."""
-    folders = (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    folders = (p for p in output_dir.glob("checkpoint-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir())
     return sorted((p for p in folders if is_complete_checkpoint(p) == complete), key=checkpoint_step)
 
 
@@ -125,6 +135,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     ema: EMAModel | None,
     pause=None,
+    run_signature: dict | None = None,
 ) -> Path:
     """Write checkpoint-`global_step` atomically (see the module docstring), then drop the oldest complete
     checkpoints beyond `total_limit`. Refuses non-finite weights before writing anything. `pause(event)` is the
@@ -142,7 +153,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _fsync(sorted(tmp.rglob("*"), reverse=True))  # the data first, then the marker that vouches for it
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"global_step": global_step}) + "\n")
+        marker = {"global_step": global_step, "run_signature": run_signature or {}}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n")
         _fsync([tmp / COMPLETE_MARKER, tmp])
         if final.exists():  # from an earlier pass over this step (a run resumed from an older checkpoint)
             _remove_checkpoint(final)
@@ -202,6 +214,64 @@ def register_checkpoint_hooks(
     return progress
 
 
+def run_signature(args, num_processes: int, dataset_size: int | None, model_config) -> dict:
+    """What exact resume depends on, JSON-normalised (tuples as lists) so that a saved copy compares equal."""
+    signature = {
+        "train_batch_size": args.train_batch_size,
+        "num_processes": num_processes,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "resolution": args.resolution,
+        "dataset_size": dataset_size,
+        "model_config": {k: v for k, v in dict(model_config).items() if not k.startswith("_")},
+    }
+    return json.loads(json.dumps(signature, default=list))
+
+
+def signature_differences(saved: dict, current: dict) -> list[str]:
+    """`name: saved -> current` for every setting that differs (model config keys listed one by one)."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        if key == "model_config":
+            old, new = saved.get(key) or {}, current.get(key) or {}
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    differences.append(f"model config {name}: {old.get(name)} -> {new.get(name)}")
+        elif saved.get(key) != current.get(key):
+            differences.append(f"{key}: {saved.get(key)} -> {current.get(key)}")
+    return differences
+
+
+def check_resume_compatible(checkpoint: Path, signature: dict, allow_changed: bool) -> None:
+    """Raise `ResumeMismatchError` (one line) if `checkpoint` was saved with other settings than `signature`.
+
+    A changed model config is always an error (the weights cannot be loaded); other changes are allowed with
+    `allow_changed` (`--allow_changed_resume`), with a warning: training continues, but it no longer replays the data
+    exactly as the uninterrupted run would have. Checkpoints written before signatures existed are not checked.
+    """
+    try:
+        saved = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("run_signature") or {}
+    except (OSError, json.JSONDecodeError):
+        saved = {}
+    if not saved:
+        return
+    differences = signature_differences(saved, signature)
+    if not differences:
+        return
+    listed = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+    if any(d.startswith("model config") for d in differences):
+        raise ResumeMismatchError(
+            f"{checkpoint} was trained with another model config ({listed}); its weights cannot be resumed into "
+            "this model. Resume with the original --model_preset/--pretrained_model_name_or_path, or start a new "
+            "--output_dir."
+        )
+    if not allow_changed:
+        raise ResumeMismatchError(
+            f"{checkpoint} was saved by a run with other settings ({listed}), so resuming would not replay the "
+            "data exactly. Resume with the original settings, or pass --allow_changed_resume to continue anyway."
+        )
+    logger.warning(f"--allow_changed_resume: resuming {checkpoint} despite {listed}; the resume is not exact.")
+
+
 def resume(
     accelerator: Accelerator,
     resume_from_checkpoint: str | None,
@@ -209,10 +279,12 @@ def resume(
     progress: TrainingProgress,
     ema: EMAModel | None,
     batches_per_epoch: int | None,
+    allow_changed: bool = False,
 ) -> None:
     """Restore the model, optimizer, LR scheduler, EMA, progress and RNG states from a checkpoint (`latest`: the
     newest complete one in `output_dir`, or none), then move `progress` past an epoch that the checkpoint ended.
-    Removes the `.tmp-*` leftovers of interrupted saves first."""
+    Removes the `.tmp-*` leftovers of interrupted saves first. A checkpoint saved with other settings than
+    `progress.run_signature` stops the run before anything is loaded (see `check_resume_compatible`)."""
     output_dir = Path(output_dir)
     if accelerator.is_main_process and output_dir.is_dir():
         for leftover in sorted(output_dir.glob(f"{TMP_PREFIX}*checkpoint-*")):
@@ -230,8 +302,12 @@ def resume(
     elif resume_from_checkpoint is not None:
         resume_path = Path(resume_from_checkpoint)
     if resume_path is not None:
+        signature = progress.run_signature
+        if signature:
+            check_resume_compatible(resume_path, signature, allow_changed)
         logger.info(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
+        progress.run_signature = signature  # this run's settings go into its own checkpoints
         if ema is not None:
             ema.to(accelerator.device)
     if batches_per_epoch is not None and progress.batches_in_epoch >= batches_per_epoch:  # saved at an epoch's end

@@ -23,6 +23,8 @@ import torch
 
 from diffusers_dito.image_utils import to_rgb
 
+from .reliability import BadDataError
+
 # Dataloader workers have no accelerate state, so the data code logs through the standard library.
 logger = logging.getLogger(__name__)
 
@@ -286,5 +288,5 @@ def load_validation_images(
             break
     if not images:
         extra = f" of at least {resolution}x{resolution} pixels" if small_image_policy == "skip" else ""
-        raise ValueError(f"The dataset holds no readable image{extra}.")
+        raise BadDataError(f"The dataset holds no readable image{extra} (every file was skipped as unreadable).")
     return torch.stack(images)  # (N, 3, R, R)

@@ -78,7 +78,7 @@ class LoopRecord:
 
 
 def create_optimizer(trainable: list[torch.nn.Parameter], args: argparse.Namespace, accelerator: Accelerator):
-    """AdamW with a constant learning rate after a linear warm-up."""
+    """AdamW with a linear warm-up, then a constant or cosine learning rate (`--lr_scheduler`)."""
     optimizer = torch.optim.AdamW(
         trainable,
         lr=args.learning_rate,
@@ -87,8 +87,12 @@ def create_optimizer(trainable: list[torch.nn.Parameter], args: argparse.Namespa
         eps=args.adam_epsilon,
     )
     # accelerate steps the scheduler once per process per optimizer step, hence the factor.
+    name = getattr(args, "lr_scheduler", "constant")
     lr_scheduler = get_scheduler(
-        "constant_with_warmup", optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes
+        "constant_with_warmup" if name == "constant" else name,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=None if name == "constant" else args.max_train_steps * accelerator.num_processes,
     )
     return optimizer, lr_scheduler
 
@@ -219,7 +223,10 @@ def train_loop(
                 # A SIGTERM during the last step changes nothing: the run finishes and saves its final model.
                 record.interrupted = stop.agreed(accelerator) and progress.global_step < schedule.max_train_steps
                 if progress.global_step % args.checkpointing_steps == 0 or record.interrupted:
-                    save_checkpoint(accelerator, args.output_dir, limit, progress.global_step, model, ema, pause)
+                    save_checkpoint(
+                        accelerator, args.output_dir, limit, progress.global_step, model, ema, pause,
+                        run_signature=progress.run_signature,
+                    )  # fmt: skip
                 if record.interrupted:
                     logger.warning(f"SIGTERM: stopping after step {progress.global_step}, whose checkpoint is saved")
                     break

@@ -4,8 +4,13 @@ and data that is mostly unreadable. The loop calls these at every step boundary;
 story (atomic checkpoints live in checkpointing.py).
 """
 
+import atexit
+import contextlib
+import json
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,8 +32,96 @@ class NonFiniteTrainingError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
 
-class BadDataError(ValueError):
+class RunError(ValueError):
+    """A problem with what the user asked for (data, output folder, resume): one line, exit code 2 (`run_script`)."""
+
+
+class BadDataError(RunError):
     """Too many of the samples read could not be decoded, or none could be used."""
+
+
+class OutputDirLockedError(RunError):
+    """Another live run holds the lock on --output_dir."""
+
+
+LOCK_FILE = ".dito-run.lock"
+
+
+def lock_output_dir(output_dir: str | os.PathLike, accelerator: Accelerator) -> Path | None:
+    """
+    Take `output_dir/.dito-run.lock` for this run (main process only), released when the process exits.
+
+    Two runs writing checkpoints and the final model into one folder would overwrite each other's work, so a second
+    run on a folder whose lock names a live process stops at once (`OutputDirLockedError`, naming that pid). A lock
+    left by a process that is gone (killed, machine restarted) is taken over with a warning; one left by this very
+    process (`main` called again in one Python session) is kept. The lock is created with O_EXCL, so two runs
+    starting together cannot both take it.
+    """
+    if not accelerator.is_main_process:
+        return None
+    path = Path(output_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder == owner:  # this very process ran a run here before (in-process calls of `main`)
+                return path
+            if holder is not None and _alive(holder):
+                raise OutputDirLockedError(
+                    f"{output_dir} is in use by another training run (pid {holder['pid']} on {holder['host']}, lock "
+                    f"file {path}); wait for it to finish, or use another --output_dir."
+                ) from None
+            logger.warning(f"Taking over {path}, left by a run that is gone ({holder or 'unreadable lock'}).")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        atexit.register(_release_lock, path, owner["pid"])
+        return path
+    raise OutputDirLockedError(f"Could not take the lock {path}: another run keeps re-creating it.")
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text())
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's process still runs. A pid on another host cannot be checked: assume it does."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _release_lock(path: Path, pid: int) -> None:
+    if os.getpid() == pid and (_read_lock(path) or {}).get("pid") == pid:  # not in forked children, not another's
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def run_script(main, args, prog: str) -> int:
+    """Run a training script's `main(args)`; a `RunError` (or a resume mismatch) ends as one line, exit code 2."""
+    from .checkpointing import ResumeMismatchError
+
+    try:
+        main(args)
+    except (RunError, ResumeMismatchError) as err:
+        print(f"{prog}: error: {err}".splitlines()[0], file=sys.stderr)
+        return 2
+    return 0
 
 
 class StopRequest:

@@ -33,6 +33,7 @@ from training.checkpointing import (
     load_component,
     register_checkpoint_hooks,
     resume,
+    run_signature,
     save_lora_adapter,
     setup_trained_weights,
 )
@@ -46,6 +47,7 @@ from training.data import (
 )
 from training.logging_utils import create_accelerator, init_trackers, log_banner, save_validation_grid, to_uint8
 from training.loop import LossTerms, create_optimizer, finish_training, make_schedule, train_loop
+from training.reliability import lock_output_dir, run_script
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -62,7 +64,7 @@ def _read_model_config(path: str, parser: argparse.ArgumentParser) -> dict:
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a DiTo diffusion autoencoder (Chen et al., 2025).")
+    parser = arguments.ArgumentParser(description="Train a DiTo diffusion autoencoder (Chen et al., 2025).")
 
     data = parser.add_argument_group("data")
     arguments.add_data_source_arguments(data)
@@ -200,6 +202,7 @@ def log_validation(vae, images, args, accelerator, global_step: int) -> float:
 def main(args: argparse.Namespace) -> AutoencoderDiTo:
     """Train; returns the final model (EMA weights when --use_ema), as also saved to --output_dir."""
     accelerator = create_accelerator(args)
+    lock_output_dir(args.output_dir, accelerator)  # one run per folder: a second run would overwrite this one's work
 
     # ---- data
     with accelerator.main_process_first():  # the main process prepares the datasets cache, the others reuse it
@@ -238,7 +241,18 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
     # ---- schedule and resume
     schedule = make_schedule(train_dataloader, None if args.streaming else len(train_dataset), args, accelerator)
-    resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch)
+    progress.run_signature = run_signature(
+        args, accelerator.num_processes, None if args.streaming else len(train_dataset), vae.config
+    )
+    resume(
+        accelerator,
+        args.resume_from_checkpoint,
+        args.output_dir,
+        progress,
+        ema,
+        schedule.batches_per_epoch,
+        allow_changed=args.allow_changed_resume,
+    )
 
     init_trackers(accelerator, args)
     encoder_params = sum(p.numel() for p in vae.encoder.parameters())
@@ -303,4 +317,4 @@ def save_final_model(vae: AutoencoderDiTo, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_script(main, parse_args(), "train_dito.py"))

@@ -40,12 +40,14 @@ from training.checkpointing import (
     load_component,
     register_checkpoint_hooks,
     resume,
+    run_signature,
     save_lora_adapter,
     setup_trained_weights,
 )
 from training.data import EpochShuffleSampler, ImageDataset, class_names, load_hf_dataset, training_dataloader
 from training.logging_utils import create_accelerator, init_trackers, log_banner, save_validation_grid, to_uint8
 from training.loop import LossTerms, create_optimizer, finish_training, make_schedule, train_loop
+from training.reliability import lock_output_dir, run_script
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -55,7 +57,7 @@ GRID_COLUMNS = 8  # validation samples per row
 
 # ----------------------------------------------------------------------------------------------------------- args
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a class-conditional DiT on the latents of a frozen DiTo.")
+    parser = arguments.ArgumentParser(description="Train a class-conditional DiT on the latents of a frozen DiTo.")
 
     data = parser.add_argument_group("data")
     arguments.add_data_source_arguments(data)
@@ -260,6 +262,7 @@ def log_validation(transformer, vae, names: list[str], args, accelerator, global
 def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
     """Train; returns the final transformer (EMA weights with EMA), as also saved to --output_dir."""
     accelerator = create_accelerator(args)
+    lock_output_dir(args.output_dir, accelerator)  # one run per folder: a second run would overwrite this one's work
 
     # ---- classes: from the cache, or from the dataset; checked before any model is built
     hf_dataset = None
@@ -310,7 +313,16 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
 
     # ---- schedule and resume
     schedule = make_schedule(train_dataloader, len(train_dataset), args, accelerator)
-    resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch)
+    progress.run_signature = run_signature(args, accelerator.num_processes, len(train_dataset), transformer.config)
+    resume(
+        accelerator,
+        args.resume_from_checkpoint,
+        args.output_dir,
+        progress,
+        ema,
+        schedule.batches_per_epoch,
+        allow_changed=args.allow_changed_resume,
+    )
 
     init_trackers(accelerator, args)
     log_banner(
@@ -375,4 +387,4 @@ def save_final_model(transformer, vae: AutoencoderDiTo, names: list[str], args: 
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_script(main, parse_args(), "train_latent_dit.py"))

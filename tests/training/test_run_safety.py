@@ -1,0 +1,157 @@
+"""A training run never loses or silently corrupts a user's work: only exact `checkpoint-<N>` folders are resumed
+from or deleted, one run at a time holds an output folder, a resume with other settings stops with the differences,
+and start-up errors are one line with exit code 2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from script_helpers import (  # noqa: F401 (autouse fixtures, active by being in this module)
+    REPO,
+    fresh_accelerate_state,
+    load_script,
+    one_thread,
+)
+from test_train_dito import SCRIPT, run_args, write_images
+
+from conftest import tiny_dito_config
+from training import checkpointing, reliability
+
+
+@pytest.fixture(scope="module")
+def train_dito():
+    return load_script(SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(tiny_dito_config()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def run_with_backup(train_dito, image_dir, config_path, tmp_path_factory):
+    """A 2-step run with a checkpoint at step 2, and the user's copy of it as `checkpoint-2-mybackup`."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    args = ["--max_train_steps", "2", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
+    train_dito.main(run_args(train_dito, out, image_dir, config_path, *args))
+    shutil.copytree(out / "checkpoint-2", out / "checkpoint-2-mybackup")
+    (out / "checkpoint-3-notes").mkdir()
+    (out / "checkpoint-9.txt").write_text("a user's file")
+    return out
+
+
+def test_only_exact_checkpoint_names_are_checkpoints(run_with_backup):
+    assert [p.name for p in checkpointing.list_checkpoints(run_with_backup)] == ["checkpoint-2"]
+
+
+def test_resume_latest_never_uses_or_deletes_a_users_copy(train_dito, run_with_backup, image_dir, config_path):
+    args = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
+    args += ["--resume_from_checkpoint", "latest"]
+    train_dito.main(run_args(train_dito, run_with_backup, image_dir, config_path, *args))
+    names = sorted(p.name for p in run_with_backup.iterdir() if p.name.startswith("checkpoint"))
+    assert names == ["checkpoint-2-mybackup", "checkpoint-3-notes", "checkpoint-4", "checkpoint-6", "checkpoint-9.txt"]
+    assert (run_with_backup / "checkpoint-9.txt").read_text() == "a user's file"
+
+
+def test_a_resume_with_another_batch_size_stops_with_the_differences(train_dito, tmp_path, image_dir, config_path):
+    out = tmp_path / "out"
+    args = ["--max_train_steps", "2", "--checkpointing_steps", "2"]
+    train_dito.main(run_args(train_dito, out, image_dir, config_path, *args))
+    changed = [*args[:1], "4", *args[2:], "--resume_from_checkpoint", "latest", "--train_batch_size", "4"]
+    with pytest.raises(checkpointing.ResumeMismatchError, match="train_batch_size: 2 -> 4") as error:
+        train_dito.main(run_args(train_dito, out, image_dir, config_path, *changed))
+    assert "--allow_changed_resume" in str(error.value) and "\n" not in str(error.value)
+    train_dito.main(run_args(train_dito, out, image_dir, config_path, *changed, "--allow_changed_resume"))
+    assert [p.name for p in checkpointing.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]  # resumed at 2
+    marker = json.loads((out / "checkpoint-4" / checkpointing.COMPLETE_MARKER).read_text())
+    assert marker["run_signature"]["train_batch_size"] == 4  # the new settings are what this checkpoint records
+
+
+def test_a_resume_into_another_model_config_is_refused_even_when_allowed(train_dito, tmp_path, image_dir, config_path):
+    out = tmp_path / "out"
+    train_dito.main(
+        run_args(train_dito, out, image_dir, config_path, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    )
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(tiny_dito_config(decoder_layers_per_block=2)))
+    args = ["--max_train_steps", "4", "--resume_from_checkpoint", "latest", "--allow_changed_resume"]
+    with pytest.raises(checkpointing.ResumeMismatchError, match="another model config"):
+        train_dito.main(run_args(train_dito, out, image_dir, other, *args))
+
+
+def test_a_second_run_on_a_locked_output_dir_stops_naming_the_pid(tmp_path):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / reliability.LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        with pytest.raises(reliability.OutputDirLockedError, match=f"pid {holder.pid}"):
+            reliability.lock_output_dir(tmp_path, accelerator)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone now: its stale lock is taken over.
+    assert reliability.lock_output_dir(tmp_path, accelerator) == tmp_path / reliability.LOCK_FILE
+    assert json.loads((tmp_path / reliability.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def run_script(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
+    )
+
+
+def test_two_runs_on_one_output_dir_the_second_stops_in_one_line(tmp_path, image_dir, config_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / reliability.LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        result = run_script(
+            "--train_data_dir", str(image_dir), "--model_config", str(config_path), "--resolution", "32",
+            "--max_train_steps", "1", "--output_dir", str(out), "--report_to", "none",
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"pid {holder.pid}" in last and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1e-3"])
+def test_a_non_finite_or_non_positive_learning_rate_is_a_one_line_error(value, tmp_path, image_dir, config_path):
+    result = run_script(
+        "--train_data_dir", str(image_dir), "--model_config", str(config_path), "--output_dir", str(tmp_path),
+        "--learning_rate", value,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--learning_rate" in lines[0], lines
+
+
+def test_a_folder_of_only_corrupt_files_is_a_one_line_error(tmp_path, config_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.png").write_bytes(b"\x89PNG broken")
+    result = run_script(
+        "--train_data_dir", str(data), "--model_config", str(config_path), "--resolution", "32",
+        "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--validation_steps", "1",
+        "--max_train_steps", "1",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "no readable image" in result.stderr.strip().splitlines()[-1]
