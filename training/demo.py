@@ -1,19 +1,25 @@
-"""The main job: train dito-tiny on real photographs, then reconstruct held-out crops and report metrics.
+"""The main job: train a CPU-sized DiTo on real photographs, then reconstruct held-out crops and report metrics.
 
-With no arguments it needs no network and no data: it cuts random crops of the colour photos bundled inside
-scikit-image into image folders (training photos and held-out photos never share a source), trains with
-`training/train_dito.py`, and evaluates with `training/evaluate_dito.py`. Point it at your own folders with
+With no arguments it needs no network and no data. It cuts crops of every colour photograph bundled with
+scikit-image, scikit-learn and matplotlib into image folders, on the two sides of a sound split
+(`diffusers_dito.sample_data`: each photo holds out fixed cells that no training crop touches, so both sides come from
+the same photos but share no pixel), trains with `training/train_dito.py`, and evaluates with
+`training/evaluate_dito.py` at the model's own default number of decoding steps. Point it at your own folders with
 `--train_data_dir` and `--eval_data_dir`.
 
     python training/demo.py --output_dir dito-demo
     python training/demo.py --train_data_dir my_photos/ --eval_data_dir my_held_out/ --output_dir my-run
 
+The default recipe (preset, crop size, learning rate and schedule, batch, steps) was chosen by measurement to finish
+within 10 minutes on an idle 2-core CPU; docs/results.md ("Choosing the demo's recipe") has the runs.
+
 Outputs under `--output_dir`: `pipeline/` (the trained DiToPipeline, loadable with `DiToPipeline.from_pretrained`),
-`evaluation/metrics.json`, `evaluation/reconstructions.png` (original | reconstruction | error),
+`evaluation/metrics.json`, `evaluation/reconstructions.png` (original | reconstruction | error, enlarged to ≥ 96 px),
 `evaluation/sweep.png` (PSNR and SWD against decoding steps), and `data/` when the bundled photos are used.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -22,8 +28,21 @@ from pathlib import Path
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusers_dito.sample_data import HELD_OUT_PHOTOS, TRAIN_PHOTOS, write_photo_crops  # noqa: E402
+from diffusers_dito import DITO_PRESETS  # noqa: E402
+from diffusers_dito.sample_data import write_split_crops  # noqa: E402
 from training import evaluate_dito, train_dito  # noqa: E402
+
+# The recipe, in one place (chosen by the runs in docs/results.md, "Choosing the demo's recipe").
+PRESET = "dito-cpu-f4c4"  # f4c4: an 8×8×4 latent for a 32² crop
+RESOLUTION = 32
+NUM_TRAIN_CROPS = 4096
+NUM_EVAL_CROPS = 32
+MAX_TRAIN_STEPS = 1000
+BATCH_SIZE = 16
+LEARNING_RATE = 2e-3  # 20× the paper's 1e-4: a 3M-parameter model and 1000 steps (see the runs in docs/results.md)
+LR_WARMUP_STEPS = 50
+LR_SCHEDULER = "cosine"
+SWEEP_STEPS = [1, 2, 4, 8, 16, 32]
 
 
 def parse_args(argv=None):
@@ -31,15 +50,18 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="dito-demo")
     parser.add_argument("--train_data_dir", default=None, help="Your image folder (default: bundled photo crops).")
     parser.add_argument("--eval_data_dir", default=None, help="Held-out images (default: bundled photo crops).")
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--num_train_crops", type=int, default=512)
-    parser.add_argument("--num_eval_crops", type=int, default=16)
-    parser.add_argument("--max_train_steps", type=int, default=400)
-    parser.add_argument("--train_batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=1e-3, help="Higher than the paper's 1e-4: tiny model.")
+    parser.add_argument("--model_preset", default=PRESET, choices=sorted(DITO_PRESETS))
+    parser.add_argument("--resolution", type=int, default=RESOLUTION)
+    parser.add_argument("--num_train_crops", type=int, default=NUM_TRAIN_CROPS)
+    parser.add_argument("--num_eval_crops", type=int, default=NUM_EVAL_CROPS)
+    parser.add_argument("--max_train_steps", type=int, default=MAX_TRAIN_STEPS)
+    parser.add_argument("--train_batch_size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--learning_rate", type=float, default=LEARNING_RATE)
+    parser.add_argument("--lr_warmup_steps", type=int, default=LR_WARMUP_STEPS)
+    parser.add_argument("--lr_scheduler", default=LR_SCHEDULER, choices=["constant", "cosine"])
     parser.add_argument("--noise_sync_prob", type=float, default=0.1)
-    parser.add_argument("--eval_steps", type=int, default=25, help="Euler steps for the reconstructions.")
-    parser.add_argument("--sweep_steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 25, 50])
+    parser.add_argument("--eval_steps", type=int, default=None, help="Euler steps (default: the model's own).")
+    parser.add_argument("--sweep_steps", type=int, nargs="+", default=SWEEP_STEPS)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -50,23 +72,26 @@ def main(args) -> Path:
     train_dir, eval_dir = args.train_data_dir, args.eval_data_dir
     if train_dir is None:
         train_dir = out / "data" / "train"
-        write_photo_crops(train_dir, args.num_train_crops, args.resolution, TRAIN_PHOTOS, seed=args.seed)
-        print(f"wrote {args.num_train_crops} crops of {', '.join(TRAIN_PHOTOS)} to {train_dir}")
+        write_split_crops(train_dir, "train", args.num_train_crops, args.resolution, seed=args.seed)
+        print(f"wrote {args.num_train_crops} training crops (training side of the bundled photos) to {train_dir}")
     if eval_dir is None:
         eval_dir = out / "data" / "held_out"
-        write_photo_crops(eval_dir, args.num_eval_crops, args.resolution, HELD_OUT_PHOTOS, seed=args.seed + 1)
-        print(f"wrote {args.num_eval_crops} held-out crops of {', '.join(HELD_OUT_PHOTOS)} to {eval_dir}")
+        write_split_crops(eval_dir, "held_out", args.num_eval_crops, args.resolution, seed=args.seed + 1)
+        print(f"wrote {args.num_eval_crops} held-out crops (held-out cells of the same photos) to {eval_dir}")
 
     pipeline_dir = out / "pipeline"
+    train_start = time.time()
     train_dito.main(
         train_dito.parse_args(
             [
                 "--train_data_dir", str(train_dir),
-                "--model_preset", "dito-tiny",
+                "--model_preset", args.model_preset,
                 "--resolution", str(args.resolution),
                 "--train_batch_size", str(args.train_batch_size),
                 "--max_train_steps", str(args.max_train_steps),
                 "--learning_rate", str(args.learning_rate),
+                "--lr_warmup_steps", str(args.lr_warmup_steps),
+                "--lr_scheduler", args.lr_scheduler,
                 "--noise_sync_prob", str(args.noise_sync_prob),
                 "--checkpointing_steps", str(max(args.max_train_steps // 2, 1)),
                 "--checkpoints_total_limit", "1",
@@ -76,23 +101,38 @@ def main(args) -> Path:
             ]
         )
     )  # fmt: skip
-    evaluate_dito.main(
-        evaluate_dito.parse_args(
-            [
-                "--model", str(pipeline_dir),
-                "--data_dir", str(eval_dir),
-                "--steps", str(args.eval_steps),
-                "--sweep_steps", *map(str, args.sweep_steps),
-                "--seed", str(args.seed),
-                "--output_dir", str(out / "evaluation"),
-            ]
-        )
-    )  # fmt: skip
-    print(f"\ndone in {time.time() - start:.0f}s. Outputs in {out}/:")
+    train_seconds = time.time() - train_start
+    evaluate_args = [
+        "--model", str(pipeline_dir),
+        "--data_dir", str(eval_dir),
+        "--sweep_steps", *map(str, args.sweep_steps),
+        "--samplers", "euler",
+        "--seed", str(args.seed),
+        "--output_dir", str(out / "evaluation"),
+    ]  # fmt: skip
+    if args.eval_steps is not None:
+        evaluate_args += ["--steps", str(args.eval_steps)]
+    result = evaluate_dito.main(evaluate_dito.parse_args(evaluate_args))
+    elapsed = time.time() - start
+    timing = {
+        "elapsed_seconds": round(elapsed, 1),
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_step": round(train_seconds / args.max_train_steps, 3),
+    }
+    (out / "evaluation" / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    print(
+        f"\nheld-out, {result['steps']} {result['sampler']} steps: PSNR {result['psnr']:.2f} dB, "
+        f"SSIM {result['ssim']:.3f}, SWD {result.get('swd', float('nan')):.4f}, "
+        f"high-frequency ratio {result.get('hf_energy_ratio', float('nan')):.2f}"
+    )
+    print(
+        f"done in {elapsed:.0f} s ({timing['seconds_per_step']:.2f} s/step over {args.max_train_steps} training "
+        f"steps, {train_seconds:.0f} s of training). Outputs in {out}/:"
+    )
     print(f"  pipeline/                      trained DiToPipeline (DiToPipeline.from_pretrained('{pipeline_dir}'))")
     print("  evaluation/metrics.json        PSNR, SSIM, SWD, high-frequency ratio, and the steps sweep")
     print("  evaluation/reconstructions.png original | reconstruction | error")
-    print("  evaluation/sweep.png           PSNR and SWD against decoding steps (Euler, Heun)")
+    print("  evaluation/sweep.png           PSNR and SWD against decoding steps")
     return out
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
 import PIL.ImageOps
 import torch
 from accelerate import Accelerator
@@ -209,6 +210,28 @@ def image_grid(rows: list[list[np.ndarray]]) -> PIL.Image.Image:
     return PIL.Image.fromarray(canvas)
 
 
+def labelled_grid(rows: list[list[np.ndarray]], labels: list[str], label_height: int = 26) -> PIL.Image.Image:
+    r"""
+    `image_grid(rows)` under a header that names each column (PIL's built-in font, white on black; up to two lines).
+
+    Examples:
+        ```py
+        >>> tile = np.zeros((8, 10, 3), dtype=np.uint8)
+        >>> labelled_grid([[tile, tile]], ["a", "b"]).size
+        (20, 34)
+
+        ```
+    """
+    grid = image_grid(rows)
+    canvas = PIL.Image.new("RGB", (grid.width, grid.height + label_height))
+    canvas.paste(grid, (0, label_height))
+    draw = PIL.ImageDraw.Draw(canvas)
+    cell_w = grid.width // max(len(row) for row in rows)
+    for c, label in enumerate(labels):
+        draw.text((c * cell_w + 2, 1), label, fill=(255, 255, 255))
+    return canvas
+
+
 def error_image(reconstruction: np.ndarray, original: np.ndarray, gain: float) -> np.ndarray:
     """|reconstruction − original| of two `(H, W, 3)` uint8 images, averaged over channels, × `gain`, as grey."""
     error = np.abs(reconstruction.astype(np.int16) - original.astype(np.int16)).mean(axis=2) * gain  # (H, W)
@@ -320,7 +343,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--resolution", type=positive_int, default=None, help="Centre-crop and resize to this square (default: keep)."
     )
     parser.add_argument("--max_images", type=positive_int, default=None, help="Use the first N image files only.")
-    parser.add_argument("--steps", type=positive_int, default=25, help="Decoding steps of the main reconstruction.")
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="Decoding steps of the main reconstruction (default: the model's own `num_inference_steps`).",
+    )
     parser.add_argument("--sampler", choices=SAMPLERS, default="euler", help="Sampler of the main reconstruction.")
     parser.add_argument(
         "--sweep_steps",
@@ -343,6 +371,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=positive_int, default=16, help="Images per decode, per process.")
     parser.add_argument("--grid_images", type=positive_int, default=8, help="Rows of the comparison grid.")
     parser.add_argument("--error_gain", type=float, default=4.0, help="Brightness gain of the error column.")
+    parser.add_argument(
+        "--grid_cell_size",
+        type=positive_int,
+        default=96,
+        help="Smaller images are enlarged (nearest neighbour, by a whole factor) to at least this size in the grid.",
+    )
     parser.add_argument(
         "--num_processes",
         type=positive_int,
@@ -529,6 +563,8 @@ def main(args: argparse.Namespace) -> dict:
     pipe = load_reconstruction_pipeline(args.model).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)  # one bar, below
     shift = float(pipe.scheduler.config.get("shift", 1.0))  # a saved DiToPipeline's shift applies to both samplers
+    if args.steps is None:
+        args.steps = int(pipe.vae.config.num_inference_steps)  # judge the model at its own default
 
     sweep_shifts = args.sweep_shifts if args.sweep_shifts is not None else [shift]
     points = [(args.sampler, shift, args.steps)]  # first: its records make the main reconstruction
@@ -644,8 +680,11 @@ def write_outputs(args, output_dir, data_dir, files, shared, records, result) ->
     for item, record in list(zip(shared, records))[: args.grid_images]:
         original = item["original"].permute(1, 2, 0).numpy()  # (H, W, 3)
         reconstruction = record["reconstruction"].permute(1, 2, 0).numpy()
-        grid_rows.append([original, reconstruction, error_image(reconstruction, original, args.error_gain)])
-    image_grid(grid_rows).save(output_dir / "reconstructions.png")
+        cells = [original, reconstruction, error_image(reconstruction, original, args.error_gain)]
+        factor = -(-args.grid_cell_size // min(original.shape[:2]))  # whole factor: pixels stay square and sharp
+        grid_rows.append([cell.repeat(factor, axis=0).repeat(factor, axis=1) for cell in cells])
+    labels = ["original", f"reconstruction\n{args.steps} {args.sampler} steps", f"error x{args.error_gain:g}"]
+    labelled_grid(grid_rows, labels).save(output_dir / "reconstructions.png")
     if result["sweep"]:
         title = f"{Path(args.model).name}: {result['num_images']} images"
         plot_sweep(result["sweep"], output_dir / "sweep.png", title)

@@ -45,4 +45,20 @@ DITO_PRESETS: dict[str, dict] = {
         # the uniform grid are the fewest NFE within 0.3 dB PSNR of 50-step Euler with no worse SWD.
         "num_inference_steps": 4,
     },
+    # The demo's model (issue 11): dito-tiny's widths with one down-sampling level fewer, so a 32² crop gets an 8×8×4
+    # latent (12× compression, against 48× for f8c4). At the CPU budget of the demo (~1000 steps) f8c4 reconstructs
+    # held-out crops at SSIM 0.37, f4c4 at 0.59 (docs/results.md, "Choosing the demo's recipe").
+    "dito-cpu-f4c4": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": (32, 64, 64),
+        "encoder_layers_per_block": 1,
+        "encoder_norm_num_groups": 16,
+        "decoder_block_out_channels": (32, 64, 96),
+        "decoder_layers_per_block": 2,
+        "decoder_norm_num_groups": 16,
+        "decoder_time_embedding_dim": 128,
+        "num_inference_steps": 16,
+    },
 }

@@ -1,0 +1,36 @@
+"""The main job (`training/demo.py`) runs end to end with its default configuration, at toy size."""
+
+import json
+
+import numpy as np
+import PIL.Image
+from script_helpers import REPO, fresh_accelerate_state, load_script, one_thread  # noqa: F401 (autouse fixtures)
+
+from diffusers_dito import DiToPipeline
+
+
+def test_demo_trains_evaluates_at_the_models_default_steps_and_draws_a_labelled_grid(tmp_path):
+    demo = load_script(REPO / "training" / "demo.py")
+    args = demo.parse_args(
+        [
+            "--output_dir", str(tmp_path / "run"),
+            "--num_train_crops", "16",
+            "--num_eval_crops", "8",
+            "--max_train_steps", "2",
+            "--train_batch_size", "2",
+            "--lr_warmup_steps", "1",
+            "--sweep_steps", "1",
+        ]
+    )  # fmt: skip
+    assert args.model_preset == demo.PRESET and args.lr_scheduler == demo.LR_SCHEDULER  # the defaults, not toy ones
+    demo.main(args)
+    out = tmp_path / "run"
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    vae = DiToPipeline.from_pretrained(out / "pipeline").vae
+    assert metrics["steps"] == vae.config.num_inference_steps  # judged at the model's own default
+    assert {"psnr", "ssim", "swd", "hf_energy_ratio"} <= set(metrics)
+    timing = json.loads((out / "evaluation" / "timing.json").read_text())
+    assert timing["seconds_per_step"] > 0 and timing["elapsed_seconds"] >= timing["train_seconds"]
+    grid = np.asarray(PIL.Image.open(out / "evaluation" / "reconstructions.png"))
+    assert grid.shape[0] >= 8 * 64 and grid.shape[1] >= 3 * 64  # 8 rows of 3 cells, each at least 64 px
+    assert sorted(p.name for p in (out / "data" / "held_out").iterdir())[:1] == ["00000_astronaut.png"]
