@@ -47,8 +47,8 @@ from diffusers_dito.metrics import (
     sliced_wasserstein_distance,
     ssim,
 )
-from diffusers_dito.models.autoencoder_dito import set_flow_match_timesteps
 from diffusers_dito.sample_data import PHOTOS, split_crop_boxes, split_crops
+from diffusers_dito.scheduling import retrieve_flow_match_timesteps
 
 BASE_PRESET = "dito-cpu-f4c4"  # the demo's model
 # Decoder widths (c0, c1, c2) for claim (b), multiples of the preset's 16 GroupNorm groups; "base" is the demo's.
@@ -150,7 +150,7 @@ def generate(dit, vae, num_classes: int, job: dict) -> torch.Tensor:
     size = dit.config.sample_size
     latents = torch.randn(len(labels), dit.config.in_channels, size, size, generator=g)
     scheduler = FlowMatchEulerDiscreteScheduler()
-    set_flow_match_timesteps(scheduler, 50)
+    retrieve_flow_match_timesteps(scheduler, 50)
     null = torch.full_like(labels, num_classes)
     for t in scheduler.timesteps:
         both = dit(

@@ -52,7 +52,7 @@ from diffusers_dito.metrics import (
     sliced_wasserstein_distance,
     ssim,
 )
-from diffusers_dito.models.autoencoder_dito import set_flow_match_timesteps
+from diffusers_dito.scheduling import retrieve_flow_match_timesteps
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -301,9 +301,10 @@ def relaunch_with_accelerate(num_processes: int | None, script: str, argv: list[
 def make_scheduler(sampler: str, shift: float = 1.0) -> SchedulerMixin:
     """A fresh flow-matching scheduler: `"euler"` (1st order) or `"heun"` (2nd order), on the σ grid of `shift`.
 
-    `AutoencoderDiTo.decode` puts both on DiTo's uniform grid σ = 1, 1 − 1/N, …, 1/N, 0 (`set_flow_match_timesteps`),
-    and both then map each σ to shift·σ / (1 + (shift − 1)·σ): shift = 1 keeps the paper's uniform grid, shift > 1
-    spends more of the steps at high noise. At one shift the curves compare the integrators, not the grids.
+    `AutoencoderDiTo.decode` puts both on DiTo's uniform grid σ = 1, 1 − 1/N, …, 1/N, 0
+    (`retrieve_flow_match_timesteps`), and both then map each σ to shift·σ / (1 + (shift − 1)·σ): shift = 1 keeps
+    the paper's uniform grid, shift > 1 spends more of the steps at high noise. At one shift the curves compare
+    the integrators, not the grids.
     """
     if sampler == "euler":
         return FlowMatchEulerDiscreteScheduler(shift=shift)
@@ -325,7 +326,7 @@ def sampler_nfe(sampler: str, num_inference_steps: int) -> int:
         ```
     """
     scheduler = make_scheduler(sampler)
-    set_flow_match_timesteps(scheduler, num_inference_steps, device="cpu")  # the grid `decode` integrates on
+    retrieve_flow_match_timesteps(scheduler, num_inference_steps, device="cpu")  # the grid `decode` integrates on
     return len(scheduler.timesteps)
 
 

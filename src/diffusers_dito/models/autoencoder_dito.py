@@ -3,8 +3,9 @@
 # DiTo: "Diffusion Autoencoders are Scalable Image Tokenizers" (Chen et al., arXiv 2501.18593).
 # Structure adapted from diffusers `models/autoencoders/consistency_decoder_vae.py` (an autoencoder whose decoder is
 # a diffusion UNet) and `autoencoder_kl.py` (the encode/decode API that stock pipelines call).
-import inspect
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..safe_loading import SafetensorsOnlyMixin
+from ..scheduling import retrieve_flow_match_timesteps
 from .group_norm_sync import GroupNormStatistics
 from .latent_distribution import DiToLatentDistribution
 from .tiling import iter_tiles, tiled_map
@@ -40,49 +42,6 @@ class AutoencoderDiToEncoderOutput(BaseOutput):
 
     latent_dist: DiToLatentDistribution
     latents: torch.Tensor
-
-
-def set_flow_match_timesteps(
-    scheduler: SchedulerMixin,
-    num_inference_steps: int,
-    device: torch.device | str | None = None,
-    sigmas: list[float] | None = None,
-) -> None:
-    r"""
-    Put `scheduler` on DiTo's sampling grid.
-
-    The paper integrates the ODE with Euler steps on the uniform grid t = 1, 1 - 1/N, ..., 1/N, 0. diffusers'
-    default flow-match grid ends at σ_min = 1/num_train_timesteps instead of 1/N, so schedulers that accept
-    explicit `sigmas` get the uniform grid, or the user's `sigmas` (descending, without the final 0). Any `shift`
-    configured on the scheduler still applies. `FlowMatchHeunDiscreteScheduler`, which has no such argument, gets
-    the same uniform grid through its `sigma_min`; a user grid for it raises a `ValueError`.
-    """
-    accepts_sigmas = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters
-    if sigmas is not None:
-        sigmas = [float(s) for s in sigmas]
-        if not accepts_sigmas:
-            raise ValueError(f"{type(scheduler).__name__} does not accept a custom `sigmas` grid.")
-        if len(sigmas) != num_inference_steps or any(not 0 < s <= 1 for s in sigmas):
-            raise ValueError(f"`sigmas` must be {num_inference_steps} values in (0, 1], got {sigmas}.")
-        if any(a <= b for a, b in zip(sigmas, sigmas[1:])):
-            raise ValueError(f"`sigmas` must be strictly decreasing, got {sigmas}.")
-    if accepts_sigmas:
-        if sigmas is None:
-            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]  # the scheduler appends the final 0
-        scheduler.set_timesteps(sigmas=sigmas, device=device)
-    elif hasattr(scheduler, "sigma_min"):
-        # e.g. FlowMatchHeunDiscreteScheduler spaces N points from 1 to its sigma_min (1/1000): with few steps the
-        # last step then covers almost nothing. Spacing them down to 1/N gives the same uniform grid as Euler.
-        sigma_min = scheduler.sigma_min
-        scheduler.sigma_min = 1.0 / num_inference_steps
-        try:
-            scheduler.set_timesteps(num_inference_steps, device=device)
-        finally:
-            scheduler.sigma_min = sigma_min
-    else:
-        scheduler.set_timesteps(num_inference_steps, device=device)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)  # known start: no per-call timestep lookup (a host-device sync on GPU)
 
 
 MAX_INFERENCE_STEPS = 1000  # ODE steps: far past any quality gain, and a bound on the run time a typo can cost
@@ -437,16 +396,15 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         Args:
             noisy_sample (`torch.Tensor` of shape `(B, out_channels, H, W)`): The current x_t.
             timestep (`torch.Tensor` or `float`): t·1000.
-            conditioning (`torch.Tensor`): `decoder_conditioning(z)`: either `upsample_latents(z)`, of shape
-                `(B, latent_channels, H, W)`, or, when the decode is tiled, `z` itself (`(B, latent_channels, H / f,
-                W / f)`), which is then up-sampled one tile at a time so that no full-resolution copy exists.
+            conditioning (`torch.Tensor`): `decoder_conditioning(z)`: `upsample_latents(z)`, of shape
+                `(B, latent_channels, H, W)`, or, when this size is decoded tile by tile, `z` itself (`(B,
+                latent_channels, H / f, W / f)`), up-sampled one tile at a time so that no full-resolution copy
+                exists.
         """
-        if conditioning.shape[-2:] != noisy_sample.shape[-2:]:  # the latent itself: up-sample per tile
-            predict = lambda x, z: self.predict_velocity(x, timestep, self.upsample_latents(z))  # noqa: E731
-        else:
-            predict = lambda x, c: self.predict_velocity(x, timestep, c)  # noqa: E731
         if not self._tiled(*noisy_sample.shape[-2:]):
-            return predict(noisy_sample, conditioning)
+            return self.predict_velocity(noisy_sample, timestep, conditioning)  # conditioning = upsample_latents(z)
+        # Tiled: `conditioning` is z itself, and each tile up-samples its own part of it.
+        predict = functools.partial(self._predict_tile, timestep)
         inputs, tile, overlap = [noisy_sample, conditioning], self.tile_sample_size, self.tile_overlap
         if not self.tile_group_norm_statistics:
             return tiled_map(predict, inputs, tile, overlap, self.config.out_channels)
@@ -457,27 +415,61 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         with statistics.apply():  # pass 2: every tile normalised with them
             return tiled_map(predict, inputs, tile, overlap, self.config.out_channels)
 
+    def _predict_tile(self, timestep: torch.Tensor | float, noisy_tile: torch.Tensor, latent_tile: torch.Tensor):
+        return self.predict_velocity(noisy_tile, timestep, self.upsample_latents(latent_tile))
+
     def decoder_conditioning(self, z: torch.Tensor) -> torch.Tensor:
         """What `velocity_field` is conditioned on: `upsample_latents(z)`, computed once per decode, or, for a tiled
         decode, `z` itself (each tile up-samples its own part)."""
         f = self.downsample_factor
         return z if self._tiled(z.shape[-2] * f, z.shape[-1] * f) else self.upsample_latents(z)
 
-    def _decode(
+    def initial_noise(self, z: torch.Tensor, generator=None) -> torch.Tensor:
+        """x_1 = ε for decoding `z`: `(B, out_channels, h·f, w·f)` standard normal noise."""
+        batch_size, _, h, w = z.shape
+        f = self.downsample_factor
+        shape = (batch_size, self.config.out_channels, h * f, w * f)
+        return randn_tensor(shape, generator=generator, device=z.device, dtype=z.dtype)
+
+    def _integrate(
         self,
         z: torch.Tensor,
-        noise: list[torch.Tensor],
         num_inference_steps: int,
         scheduler: SchedulerMixin,
         sigmas: list[float] | None,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str],
+        noise: torch.Tensor | None = None,
+        generator=None,
     ) -> torch.Tensor:
+        """The ODE from t = 1 to 0: the only sampling loop of DiTo's decoder."""
         conditioning = self.decoder_conditioning(z)  # once, not per step
-        set_flow_match_timesteps(scheduler, num_inference_steps, device=z.device, sigmas=sigmas)
-        sample = noise.pop()  # the caller keeps no reference: the first step frees the initial noise
-        for t in scheduler.timesteps:
-            velocity = self.velocity_field(sample, t, conditioning)
+        timesteps = retrieve_flow_match_timesteps(scheduler, num_inference_steps, device=z.device, sigmas=sigmas)
+        # Drawn here, the initial noise is referenced by `sample` alone, so the first step frees it: a tiled decode of
+        # a large image never holds two image-sized noise tensors. Slicing hands in this image's part of a batch draw.
+        sample = self.initial_noise(z, generator) if noise is None else noise
+        del noise
+        for i, t in enumerate(timesteps):
+            velocity = self.velocity_field(sample, t, conditioning)  # (B, 3, H, W)
             sample = scheduler.step(velocity, t, sample, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                callback_kwargs = {name: {"sample": sample}[name] for name in callback_on_step_end_tensor_inputs}
+                sample = self._callback_sample(callback_on_step_end(i, t, callback_kwargs), sample)
         return sample.clamp(-1, 1)
+
+    @staticmethod
+    def _callback_sample(callback_outputs, sample: torch.Tensor) -> torch.Tensor:
+        """The sample a step callback hands back: a dict, whose optional `"sample"` keeps the sample's shape."""
+        if not isinstance(callback_outputs, dict):
+            raise TypeError(
+                "`callback_on_step_end` must return a dict (e.g. the `callback_kwargs` it was given), got "
+                f"{type(callback_outputs).__name__}."
+            )
+        new = callback_outputs.pop("sample", sample)
+        if not isinstance(new, torch.Tensor) or new.shape != sample.shape:
+            shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise ValueError(f"`callback_on_step_end` returned a sample of {shape}; expected {tuple(sample.shape)}.")
+        return new
 
     @apply_forward_hook
     def decode(
@@ -488,9 +480,12 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         num_inference_steps: int | None = None,
         scheduler: SchedulerMixin | None = None,
         sigmas: list[float] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("sample",),
     ) -> DecoderOutput | tuple[torch.Tensor]:
         r"""
-        Decode latents by integrating the flow-matching ODE from pure noise (t = 1) to the image (t = 0).
+        Decode latents by integrating the flow-matching ODE from pure noise (t = 1) to the image (t = 0). This is the
+        one place DiTo's decoding loop lives: the pipelines call it.
 
         Args:
             z (`torch.Tensor` of shape `(batch_size, latent_channels, h, w)`): Latents from `encode`.
@@ -502,6 +497,11 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
                 `self.scheduler` (Euler on the paper's uniform grid).
             sigmas (`list[float]`, *optional*): A custom descending σ grid of `num_inference_steps` values in
                 (0, 1] (the final 0 is appended); only for schedulers whose `set_timesteps` accepts `sigmas`.
+            callback_on_step_end (`Callable`, *optional*): Called as `callback_on_step_end(step, timestep,
+                callback_kwargs)` after every scheduler step (of every image, with slicing); returns a dict, which
+                may hold a replacement `"sample"` of the same shape.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["sample"]`): The tensors in
+                `callback_kwargs`.
 
         Returns:
             [`DecoderOutput`] or `tuple`: images of shape `(batch_size, out_channels, h * f, w * f)` in [-1, 1].
@@ -509,32 +509,32 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         self.check_latents(z)
         num_inference_steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         self.check_steps(num_inference_steps)
-        scheduler = self.scheduler if scheduler is None else scheduler
-
-        z = z.to(self.decoder_unet.conv_in.weight.dtype)
-        batch_size, _, h, w = z.shape
-        check_generators(generator, batch_size)
-        f = self.downsample_factor
-        # Draw all the noise up front, so that slicing does not change which noise each image gets.
-        noise = randn_tensor(
-            (batch_size, self.config.out_channels, h * f, w * f), generator=generator, device=z.device, dtype=z.dtype
-        )
-        if self.use_slicing and batch_size > 1:
-            sample = torch.cat(
-                [
-                    self._decode(z_i, [n_i], num_inference_steps, scheduler, sigmas)
-                    for z_i, n_i in zip(z.split(1), noise.split(1))
-                ]
+        if set(callback_on_step_end_tensor_inputs) - {"sample"}:
+            raise ValueError(
+                "`callback_on_step_end_tensor_inputs` must be in ['sample'], got "
+                f"{list(callback_on_step_end_tensor_inputs)}."
             )
+        scheduler = self.scheduler if scheduler is None else scheduler
+        z = z.to(self.decoder_unet.conv_in.weight.dtype)
+        check_generators(generator, z.shape[0])
+        loop = functools.partial(
+            self._integrate,
+            num_inference_steps=num_inference_steps,
+            scheduler=scheduler,
+            sigmas=sigmas,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs),
+        )
+        if self.use_slicing and z.shape[0] > 1:
+            noise = self.initial_noise(z, generator)  # all up front: each image gets the noise of a full batch
+            sample = torch.cat([loop(z_i, noise=noise_i) for z_i, noise_i in zip(z.split(1), noise.split(1))])
         else:
-            noise = [noise]  # handed over, so that it is freed after the first step (bounded-memory tiling)
-            sample = self._decode(z, noise, num_inference_steps, scheduler, sigmas)
+            sample = loop(z, generator=generator)
         check_finite(
             sample,
             f"The decoded images (latents ranged over [{z.min().item():.3g}, {z.max().item():.3g}]; DiTo latents are "
             "layer-normalised, so values far beyond ±10 mean they were scaled wrongly)",
         )
-
         if not return_dict:
             return (sample,)
         return DecoderOutput(sample=sample)

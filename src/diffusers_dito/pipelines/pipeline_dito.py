@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..image_utils import to_rgb
-from ..models.autoencoder_dito import AutoencoderDiTo, check_finite, check_generators, set_flow_match_timesteps
+from ..models.autoencoder_dito import AutoencoderDiTo
+from ..scheduling import retrieve_flow_match_timesteps
 from .loading import DiToPipelineLoadingMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -143,20 +143,6 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
                     f"[{(side - 1) * f + 1}, {side * f}] (the image side before padding to a multiple of {f})."
                 )
 
-    @staticmethod
-    def _callback_sample(callback_outputs, sample: torch.Tensor) -> torch.Tensor:
-        """The sample a step callback hands back: a dict, whose optional `"sample"` keeps the sample's shape."""
-        if not isinstance(callback_outputs, dict):
-            raise TypeError(
-                "`callback_on_step_end` must return a dict (e.g. the `callback_kwargs` it was given), got "
-                f"{type(callback_outputs).__name__}."
-            )
-        new = callback_outputs.pop("sample", sample)
-        if not isinstance(new, torch.Tensor) or new.shape != sample.shape:
-            shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
-            raise ValueError(f"`callback_on_step_end` returned a sample of {shape}; expected {tuple(sample.shape)}.")
-        return new
-
     @torch.no_grad()
     def encode(self, image) -> torch.Tensor:
         r"""
@@ -172,23 +158,6 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         x = self._preprocess(image)
         x = pad_to_multiple(x, self.vae_scale_factor).to(device=self._execution_device, dtype=self.vae.dtype)
         return self._scale_latents(self.vae.encode(x).latents)
-
-    # ------------------------------------------------------------------ decoding loop
-    def _integrate(
-        self, conditioning, slices, index, num_inference_steps, sigmas, callback_on_step_end, tensor_inputs, progress
-    ):
-        sample = slices[index][1]
-        slices[index] = None  # drop the list's reference to the initial noise, so the first step frees it
-        set_flow_match_timesteps(self.scheduler, num_inference_steps, device=sample.device, sigmas=sigmas)
-        for i, t in enumerate(self.scheduler.timesteps):
-            velocity = self.vae.velocity_field(sample, t, conditioning)  # (B, 3, H, W)
-            sample = self.scheduler.step(velocity, t, sample, return_dict=False)[0]
-            if callback_on_step_end is not None:
-                callback_kwargs = {name: {"sample": sample}[name] for name in tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                sample = self._callback_sample(callback_outputs, sample)
-            progress.update()
-        return sample
 
     @torch.no_grad()
     def __call__(
@@ -258,36 +227,27 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         if output_type == "latent":
             images = self._scale_latents(z)
         else:
-            batch_size, _, h, w = z.shape
-            f = self.vae_scale_factor
-            check_generators(generator, batch_size)
-            # All noise up front, so that `vae.enable_slicing()` does not change any image.
-            noise = randn_tensor(
-                (batch_size, self.vae.config.out_channels, h * f, w * f),
-                generator=generator,
-                device=device,
-                dtype=z.dtype,
-            )
-            slices = list(zip(z.split(1), noise.split(1))) if self.vae.use_slicing else [(z, noise)]
-            del noise  # only `slices` holds it now; `_integrate` pops each part, freeing it after the first step
-            set_flow_match_timesteps(self.scheduler, num_inference_steps, device=device, sigmas=sigmas)
-            with self.progress_bar(total=len(self.scheduler.timesteps) * len(slices)) as progress:
-                samples = [
-                    self._integrate(
-                        self.vae.decoder_conditioning(slices[i][0]),
-                        slices,
-                        i,
-                        num_inference_steps,
-                        sigmas,
-                        callback_on_step_end,
-                        callback_on_step_end_tensor_inputs,
-                        progress,
-                    )
-                    for i in range(len(slices))
-                ]
-            sample = torch.cat(samples)
-            check_finite(sample, "The decoded images")
-            sample = sample.clamp(-1, 1)[:, :, : height or h * f, : width or w * f]  # crop the padding
+            # The bar's length: the grid `vae.decode` will integrate on (Heun takes 2N - 1 steps), per decode pass.
+            num_steps = len(retrieve_flow_match_timesteps(self.scheduler, num_inference_steps, device, sigmas))
+            passes = z.shape[0] if self.vae.use_slicing else 1
+            with self.progress_bar(total=num_steps * passes) as progress:
+
+                def on_step_end(step: int, timestep: torch.Tensor, callback_kwargs: dict) -> dict:
+                    progress.update()
+                    if callback_on_step_end is None:
+                        return callback_kwargs
+                    return callback_on_step_end(self, step, timestep, callback_kwargs)
+
+                sample = self.vae.decode(
+                    z,
+                    generator=generator,
+                    num_inference_steps=num_inference_steps,
+                    scheduler=self.scheduler,
+                    sigmas=sigmas,
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                ).sample  # (B, 3, h·f, w·f), finite, in [-1, 1]
+            sample = sample[:, :, : height or sample.shape[-2], : width or sample.shape[-1]]  # crop the padding
             images = self.image_processor.postprocess(sample, output_type=output_type)
 
         self.maybe_free_model_hooks()

@@ -9,8 +9,9 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models.autoencoder_dito import AutoencoderDiTo, set_flow_match_timesteps
+from ..models.autoencoder_dito import AutoencoderDiTo
 from ..models.dit_transformer import DiToDiTTransformer2DModel
+from ..scheduling import retrieve_flow_match_timesteps
 from .loading import DiToPipelineLoadingMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -166,8 +167,8 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
             null = torch.full_like(labels, self.num_classes)
             labels = torch.cat([labels, null])  # (2B,): conditional, then unconditional
 
-        set_flow_match_timesteps(self.scheduler, num_inference_steps, device=device)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        timesteps = retrieve_flow_match_timesteps(self.scheduler, num_inference_steps, device=device)
+        for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = torch.cat([latents, latents]) if do_cfg else latents  # (2B or B, C, s, s)
             timestep = t.expand(model_input.shape[0])  # σ·1000, the scale the transformer was trained with
             velocity = self.transformer(model_input, timestep=timestep, class_labels=labels).sample
