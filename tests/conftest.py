@@ -83,3 +83,31 @@ def photo_tiny():
 
     data = photo_crops(256, 32, 32, TRAIN_PHOTOS, seed=0)  # (256, 3, 32, 32)
     return train_dito_tiny(lambda g: data[torch.randint(0, len(data), (8,), generator=g)], steps=150)
+
+
+@pytest.fixture(scope="session")
+def cli_folders(tmp_path_factory):
+    """Saved `dito/`, `bare-vae/` and `dit/` model folders and a few images, for the CLI tests."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from PIL import Image
+
+    from diffusers_dito import (
+        DIT_PRESETS,
+        AutoencoderDiTo,
+        DiToDiTPipeline,
+        DiToDiTTransformer2DModel,
+        DiToPipeline,
+    )
+
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_dito_config())
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "dito")
+    vae.save_pretrained(root / "bare-vae")
+    dit = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
+    DiToDiTPipeline(dit, vae, FlowMatchEulerDiscreteScheduler(), id2label={3: "cat"}).save_pretrained(root / "dit")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(root / "a.png")
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "gray.jpg")
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    return root

@@ -4,29 +4,14 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
 from diffusers_dito.cli import main
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from conftest import tiny_dito_config
-
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    vae = AutoencoderDiTo(**tiny_dito_config())
-    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "dito")
-    vae.save_pretrained(root / "bare-vae")
-    dit = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
-    DiToDiTPipeline(dit, vae, FlowMatchEulerDiscreteScheduler(), id2label={3: "cat"}).save_pretrained(root / "dit")
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(root / "a.png")
-    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "gray.jpg")
-    (root / "broken.png").write_bytes(b"\x89PNG not really")
-    return root
+def models(cli_folders):
+    return cli_folders
 
 
 def test_reconstruct(models, tmp_path):

@@ -11,19 +11,11 @@ from diffusers_dito.cli import main
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from conftest import tiny_dito_config
-    from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
-
+def root(cli_folders, tmp_path_factory):
+    """The saved `dito/` and `dit/` folders of the CLI tests, beside two photos with one stem and an animated GIF."""
     root = tmp_path_factory.mktemp("cli_safety")
-    torch.manual_seed(0)
-    vae = AutoencoderDiTo(**tiny_dito_config())
-    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "dito")
-    dit = DiToDiTTransformer2DModel.from_config(DIT_PRESETS["dit-tiny"])
-    DiToDiTPipeline(dit, vae, FlowMatchEulerDiscreteScheduler()).save_pretrained(root / "dit")
+    for name in ("dito", "dit"):
+        (root / name).symlink_to(cli_folders / name)
     rng = np.random.default_rng(0)
     for folder in ("a", "b"):
         (root / folder).mkdir()

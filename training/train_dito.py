@@ -240,19 +240,11 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     progress = register_checkpoint_hooks(accelerator, vae, "vae", ema, trainable, lora=args.lora_rank > 0)
 
     # ---- schedule and resume
-    schedule = make_schedule(train_dataloader, None if args.streaming else len(train_dataset), args, accelerator)
-    progress.run_signature = run_signature(
-        args, accelerator.num_processes, None if args.streaming else len(train_dataset), vae.config
-    )
-    resume(
-        accelerator,
-        args.resume_from_checkpoint,
-        args.output_dir,
-        progress,
-        ema,
-        schedule.batches_per_epoch,
-        allow_changed=args.allow_changed_resume,
-    )
+    dataset_size = None if args.streaming else len(train_dataset)
+    schedule = make_schedule(train_dataloader, dataset_size, args, accelerator)
+    progress.run_signature = run_signature(args, accelerator.num_processes, dataset_size, vae.config)
+    resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
+           allow_changed=args.allow_changed_resume)  # fmt: skip
 
     init_trackers(accelerator, args)
     encoder_params = sum(p.numel() for p in vae.encoder.parameters())

@@ -314,15 +314,8 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
     # ---- schedule and resume
     schedule = make_schedule(train_dataloader, len(train_dataset), args, accelerator)
     progress.run_signature = run_signature(args, accelerator.num_processes, len(train_dataset), transformer.config)
-    resume(
-        accelerator,
-        args.resume_from_checkpoint,
-        args.output_dir,
-        progress,
-        ema,
-        schedule.batches_per_epoch,
-        allow_changed=args.allow_changed_resume,
-    )
+    resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
+           allow_changed=args.allow_changed_resume)  # fmt: skip
 
     init_trackers(accelerator, args)
     log_banner(

@@ -30,26 +30,23 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def steps_type(value: str) -> int:
-    """argparse type for ODE steps: an int in [1, MAX_STEPS], checked at parse time so the flag is named."""
-    try:
-        steps = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if not 1 <= steps <= MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"must be >= 1 and <= {MAX_STEPS}, got {value}")
-    return steps
+def _bounded_int(low: int, high: int, high_text: str):
+    """An argparse type for an int in [low, high], checked at parse time so that the error names the flag."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be >= {low} and <= {high_text}, got {value}")
+        return number
+
+    return parse
 
 
-def seed_type(value: str) -> int:
-    """argparse type for seeds: an int in [0, 2**64 - 1], what torch.Generator accepts."""
-    try:
-        seed = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if not 0 <= seed <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**64 - 1], got {value}")
-    return seed
+steps_type = _bounded_int(1, MAX_STEPS, str(MAX_STEPS))  # ODE steps
+seed_type = _bounded_int(0, MAX_SEED, "2**64 - 1")  # what torch.Generator.manual_seed accepts
 
 
 def finite_float(value: str) -> float:
