@@ -90,7 +90,7 @@ def _load_pipeline(model: str, kind: str):
     else:
         raise CLIError(f"--model {model}: no model_index.json or config.json inside")
     if kind == "reconstruct" and isinstance(pipe, DiToDiTPipeline):
-        pipe = DiToPipeline(vae=pipe.vae, scheduler=FlowMatchEulerDiscreteScheduler())
+        pipe = DiToPipeline(vae=pipe.vae, scheduler=pipe.decoder_scheduler)  # decode as its generations are
     pipe.set_progress_bar_config(disable=True)  # stderr is for one-line errors, not a bar per image
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 

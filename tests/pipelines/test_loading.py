@@ -156,3 +156,26 @@ def test_training_state_beside_components_is_not_mistaken_for_weights(tiny_confi
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "optimizer.bin").write_bytes(b"not loaded by from_pretrained")
     assert type(DiToPipeline.from_pretrained(tmp_path)) is DiToPipeline
+
+
+def test_generation_pipeline_saves_the_scheduler_it_decodes_with(tiny_config, tmp_path):
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe = build("dito_dit", tiny_config)
+    pipe.register_modules(decoder_scheduler=FlowMatchHeunDiscreteScheduler(shift=2.0))
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = DiToDiTPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(loaded.decoder_scheduler) is FlowMatchHeunDiscreteScheduler
+    assert loaded.decoder_scheduler.config.shift == 2.0
+
+
+def test_generation_pipeline_saved_before_the_decoder_scheduler_still_loads(tiny_config, tmp_path):
+    import shutil
+
+    build("dito_dit", tiny_config).save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    del index["decoder_scheduler"]  # what an older release wrote
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(index))
+    shutil.rmtree(tmp_path / "pipe" / "decoder_scheduler")
+    loaded = DiToDiTPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(loaded.decoder_scheduler) is FlowMatchEulerDiscreteScheduler

@@ -4,7 +4,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
@@ -48,9 +48,14 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         vae ([`AutoencoderDiTo`]): Decodes the sampled latents.
         scheduler ([`SchedulerMixin`]): A diffusers `FlowMatch*` scheduler for the latent ODE.
         id2label (`dict[int, str]`, *optional*): Class names; comma-separated synonyms, as in [`DiTPipeline`].
+        decoder_scheduler ([`SchedulerMixin`], *optional*): The scheduler DiTo decodes the sampled latents with; saved
+            and loaded with the pipeline, so a saved folder says how its images are decoded. Defaults to a
+            `FlowMatchEulerDiscreteScheduler` (Euler on DiTo's uniform grid); folders saved before it existed load
+            with that default.
     """
 
     model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["decoder_scheduler"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -59,9 +64,14 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         vae: AutoencoderDiTo,
         scheduler: SchedulerMixin,
         id2label: dict | None = None,
+        decoder_scheduler: SchedulerMixin | None = None,
     ):
         super().__init__()
-        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
+        if decoder_scheduler is None:
+            decoder_scheduler = FlowMatchEulerDiscreteScheduler()
+        self.register_modules(
+            transformer=transformer, vae=vae, scheduler=scheduler, decoder_scheduler=decoder_scheduler
+        )
         if id2label is not None:
             id2label = {int(k): v for k, v in id2label.items()}  # JSON turns int keys into strings
         self.register_to_config(id2label=id2label)
@@ -185,7 +195,10 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         else:
             z = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
             sample = self.vae.decode(
-                z.to(self.vae.dtype), generator=generator, num_inference_steps=decoder_num_inference_steps
+                z.to(self.vae.dtype),
+                generator=generator,
+                num_inference_steps=decoder_num_inference_steps,
+                scheduler=self.decoder_scheduler,
             ).sample
             images = self.image_processor.postprocess(sample, output_type=output_type)
 
