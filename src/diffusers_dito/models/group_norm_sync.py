@@ -2,10 +2,11 @@
 
 A GroupNorm normalises with the mean and variance of a whole (sample, group), so a network run on one tile sees
 other statistics than the same network run on the whole image: tiled and untiled decodes drift apart. diffusers has
-no hook for this (its `AutoencoderKL` tiling accepts the difference), so DiTo adds it here: a first pass over the
+no such feature (its `AutoencoderKL` tiling accepts the difference), so DiTo adds it here: a first pass over the
 tiles accumulates, for every GroupNorm, the blend-weighted sums of its input over the whole image, and a second pass
-normalises every tile with those image-wide statistics. Memory stays bounded by the tile (the statistics are two
-numbers per sample and group); the price is a second network pass.
+normalises every tile with those image-wide statistics. The GroupNorms are redirected with `diffusers.hooks` (a
+`ModelHook` per layer, for the duration of a pass), not by replacing their `forward`. Memory stays bounded by the
+tile (the statistics are two numbers per sample and group); the price is a second network pass.
 
 The first pass normalises each tile with its own statistics, so the image-wide statistics it collects are an
 estimate: exact ones would need every tile to stop at every GroupNorm until all tiles reach it, which costs either
@@ -18,7 +19,21 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
+
+_HOOK_NAME = "dito_group_norm_statistics"
+
+
+class _GroupNormHook(ModelHook):
+    """Runs one GroupNorm through `forward(norm, index, x)`: collecting, or normalising with shared statistics."""
+
+    def __init__(self, forward, index: int):
+        super().__init__()
+        self.forward, self.index = forward, index
+
+    def new_forward(self, module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(module, self.index, x)
 
 
 class GroupNormStatistics:
@@ -53,21 +68,28 @@ class GroupNormStatistics:
         self._weight: torch.Tensor | None = None
 
     @contextmanager
-    def _patched(self, forward) -> Iterator[None]:
-        # An instance attribute shadows `nn.GroupNorm.forward` for `__call__`, and is removed afterwards.
+    def _hooked(self, forward) -> Iterator[None]:
+        # diffusers' own mechanism for changing how a submodule runs (a `ModelHook` in the module's `HookRegistry`),
+        # removed afterwards, leaving each GroupNorm as it was found.
         for index, norm in enumerate(self.norms):
-            norm.forward = lambda x, norm=norm, index=index: forward(norm, index, x)
+            registry = HookRegistry.check_if_exists_or_initialize(norm)
+            registry.register_hook(_GroupNormHook(forward, index), _HOOK_NAME)
         try:
             yield
         finally:
             for norm in self.norms:
-                del norm.forward
+                registry = norm._diffusers_hook
+                registry.remove_hook(_HOOK_NAME, recurse=False)
+                if not registry.hooks:  # the registry was ours alone: drop it, and the class's forward is back
+                    del norm._diffusers_hook
+                    if getattr(norm.__dict__.get("forward"), "__func__", None) is type(norm).forward:
+                        del norm.forward
 
     @contextmanager
     def collect(self) -> Iterator[None]:
         """Within this context, `add_tile` accumulates statistics (each tile still normalises with its own)."""
         self._sums = [None] * len(self.norms)
-        with self._patched(self._collecting_forward):
+        with self._hooked(self._collecting_forward):
             yield
         self._statistics = []
         for norm, sums in zip(self.norms, self._sums):
@@ -125,7 +147,7 @@ class GroupNormStatistics:
         """Within this context, every GroupNorm normalises with the collected image-wide statistics."""
         if len(self._statistics) != len(self.norms):
             raise RuntimeError("No statistics collected: run the tiles under `collect()` first.")
-        with self._patched(self._shared_forward):
+        with self._hooked(self._shared_forward):
             yield
 
     def _shared_forward(self, norm: nn.GroupNorm, index: int, x: torch.Tensor) -> torch.Tensor:
