@@ -44,6 +44,7 @@ from .reliability import (
     StopRequest,
     check_bad_samples,
     debug_pause,
+    release_output_dir,
     resident_memory_bytes,
 )
 
@@ -320,6 +321,7 @@ def finish_training(
         raise
     if accelerator.is_main_process:
         save_final_model()
+        release_output_dir(args.output_dir)  # finished: the folder is free for the next run
     accelerator.end_training()
 
 

@@ -106,6 +106,11 @@ def _alive(holder: dict) -> bool:
     return True
 
 
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Remove this process's lock on `output_dir` (a finished run leaves the folder free); another's stays."""
+    _release_lock(Path(output_dir) / LOCK_FILE, os.getpid())
+
+
 def _release_lock(path: Path, pid: int) -> None:
     if os.getpid() == pid and (_read_lock(path) or {}).get("pid") == pid:  # not in forked children, not another's
         with contextlib.suppress(FileNotFoundError):

@@ -159,7 +159,9 @@ def test_sweep_shifts_add_a_curve_per_grid_and_the_grid_changes_the_decode(
 def test_grid_rows_are_original_reconstruction_and_error(run, image_dir):
     out, _ = run
     grid = np.asarray(PIL.Image.open(out / "reconstructions.png"))
-    assert grid.shape == (4 * 32, 3 * 32, 3)
+    header, factor = 26, 3  # a row of column labels; 32-px images enlarged 3x to >= 96 px (--grid_cell_size)
+    assert grid.shape == (header + 4 * 32 * factor, 3 * 32 * factor, 3)
+    grid = grid[header::factor, ::factor]  # one pixel per image pixel again (nearest-neighbour enlargement)
     original = np.asarray(PIL.Image.open(image_dir / "1.png"))
     row = grid[32:64]
     np.testing.assert_array_equal(row[:, :32], original)
@@ -186,7 +188,8 @@ def test_images_of_different_sizes_keep_per_image_scores_and_skip_set_metrics(ev
     assert "--resolution" in result["skipped"]["swd"] and result["image_size"] is None
     assert result["psnr"] is not None and result["sweep"] == []
     assert [row["width"] for row in read_csv(tmp_path / "out" / "per_image.csv")] == ["32", "45"]
-    assert PIL.Image.open(tmp_path / "out" / "reconstructions.png").size == (3 * 45, 2 * 37)
+    # cells as large as the largest image, both enlarged 3x (to >= 96 px), under a 26-px row of column labels
+    assert PIL.Image.open(tmp_path / "out" / "reconstructions.png").size == (3 * 45 * 3, 26 + 2 * 37 * 3)
     assert not (tmp_path / "out" / "sweep.png").exists()
 
 
