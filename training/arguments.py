@@ -42,13 +42,6 @@ def positive_finite_float(value: str) -> float:
     return number
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with errors as the one line `prog: error: message` (exit code 2) and no usage block above it."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def fraction(value: str) -> float:
     number = float(value)
     if not 0.0 <= number <= 1.0:

@@ -49,7 +49,8 @@ LOCK_FILE = ".dito-run.lock"
 
 def lock_output_dir(output_dir: str | os.PathLike, accelerator: Accelerator) -> Path | None:
     """
-    Take `output_dir/.dito-run.lock` for this run (main process only), released when the process exits.
+    Take `output_dir/.dito-run.lock` for this run (main process only), released when the run finishes
+    (`release_output_dir`) or, failing that, when the process exits.
 
     Two runs writing checkpoints and the final model into one folder would overwrite each other's work, so a second
     run on a folder whose lock names a live process stops at once (`OutputDirLockedError`, naming that pid). A lock

@@ -24,6 +24,7 @@ import torch
 from accelerate.logging import get_logger
 
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput, dito_flow_matching_loss
+from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,7 +65,7 @@ def _read_model_config(path: str, parser: argparse.ArgumentParser) -> dict:
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = arguments.ArgumentParser(description="Train a DiTo diffusion autoencoder (Chen et al., 2025).")
+    parser = OneLineArgumentParser(description="Train a DiTo diffusion autoencoder (Chen et al., 2025).")
 
     data = parser.add_argument_group("data")
     arguments.add_data_source_arguments(data)

@@ -31,6 +31,7 @@ from diffusers_dito import (
     DiToDiTTransformer2DModel,
     latent_flow_matching_loss,
 )
+from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,7 +58,7 @@ GRID_COLUMNS = 8  # validation samples per row
 
 # ----------------------------------------------------------------------------------------------------------- args
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = arguments.ArgumentParser(description="Train a class-conditional DiT on the latents of a frozen DiTo.")
+    parser = OneLineArgumentParser(description="Train a class-conditional DiT on the latents of a frozen DiTo.")
 
     data = parser.add_argument_group("data")
     arguments.add_data_source_arguments(data)

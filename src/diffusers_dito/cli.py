@@ -23,8 +23,9 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a usage error as the one line `prog: error: message` (exit code 2), no usage block."""
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as the one line `prog: error: message` (exit code 2), no usage block. The
+    training scripts' parsers use it too."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -208,7 +209,7 @@ def _info(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="diffusers-dito", description="DiTo diffusion autoencoders.")
+    parser = OneLineArgumentParser(prog="diffusers-dito", description="DiTo diffusion autoencoders.")
     verbs = parser.add_subparsers(dest="command", required=True)
 
     p = verbs.add_parser("reconstruct", help="Encode and decode images.")

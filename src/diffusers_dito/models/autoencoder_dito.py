@@ -49,12 +49,17 @@ MAX_INFERENCE_STEPS = 1000  # ODE steps: far past any quality gain, and a bound 
 
 def _check_config(**config) -> None:
     """A `ValueError` naming the field for a config no model can be built from (or that would decode to NaN)."""
-    for name in ("in_channels", "out_channels", "latent_channels", "encoder_layers_per_block"):
+    int_fields = (
+        "in_channels",
+        "out_channels",
+        "latent_channels",
+        "encoder_layers_per_block",
+        "decoder_layers_per_block",
+    )
+    for name in int_fields:
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"Config `{name}` must be an int >= 1, got {value!r}.")
-    if config["decoder_layers_per_block"] < 1:
-        raise ValueError(f"Config `decoder_layers_per_block` must be >= 1, got {config['decoder_layers_per_block']}.")
     for widths_name, groups_name in (
         ("block_out_channels", "encoder_norm_num_groups"),
         ("decoder_block_out_channels", "decoder_norm_num_groups"),
@@ -264,7 +269,7 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
 
     @staticmethod
     def check_steps(num_inference_steps: int) -> None:
-        """Raise unless `num_inference_steps` is an int >= 1."""
+        """Raise unless `num_inference_steps` is an int in [1, MAX_INFERENCE_STEPS]."""
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise TypeError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
         if not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
