@@ -1,6 +1,8 @@
 import math
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 # No test may reach a model hub: everything is built or written locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,6 +10,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 # `trust_remote_code` loading copies the folder's pipeline.py into the modules cache: keep it out of ~/.cache.
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="dito-hf-modules-"))
+# The repository root, for `from training import ...`: without it, `training` would resolve to the tests/training
+# folder (a namespace package, since tests/ is on sys.path) whenever a test module is collected on its own.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -8,9 +8,11 @@ Stages, each a `parse_args()` / `main(args)` script:
 
 Shared modules: `arguments` (flags and start-up checks), `data` (image datasets, decoding, augmentation, samplers),
 `latent_cache` (latents encoded once to disk), `checkpointing` (save/load hooks, checkpoint limit, resume, EMA and
-LoRA state, atomic saves), `loop` (the optimisation loop, with exact resume), `reliability` (SIGTERM, non-finite
-streaks, the bad-data check; docs/reliability.md) and `logging_utils` (accelerator set-up, step logs, validation
-grids). The losses themselves live in the package: `diffusers_dito.losses`.
+LoRA state, atomic saves), `steps` (what each script's step calls: optimizer, epochs' batches with exact resume, the
+optimizer step, logs, the end of the run), `reliability` (SIGTERM, non-finite streaks, the bad-data check;
+docs/reliability.md), `logging_utils` (accelerator set-up, step statistics, validation grids) and `debug` (the tests'
+hidden hooks, attached from outside the step). Each script's `main` shows its training step top to bottom. The
+losses themselves live in the package: `diffusers_dito.losses`.
 
 The scripts are run as files (`python training/train_dito.py`, `accelerate launch training/train_dito.py`), which puts
 `training/` itself, not the repository root, on `sys.path`. Each script therefore adds the repository root to

@@ -67,6 +67,14 @@ class TrainingProgress:
     # written into every checkpoint's marker and compared on resume (`resume`).
     run_signature: dict = field(default_factory=dict)
 
+    def count_step(self, totals, skipped: bool) -> None:
+        """Add a finished optimizer step and its all-reduced `StepTotals`."""
+        self.global_step += 1
+        self.images_seen += totals.samples
+        self.corrupt_images += totals.unreadable
+        self.too_small_images += totals.too_small
+        self.skipped_steps += int(skipped)
+
     def state_dict(self) -> dict:
         return asdict(self)
 
@@ -134,12 +142,11 @@ def save_checkpoint(
     global_step: int,
     model: torch.nn.Module,
     ema: EMAModel | None,
-    pause=None,
     run_signature: dict | None = None,
 ) -> Path:
     """Write checkpoint-`global_step` atomically (see the module docstring), then drop the oldest complete
-    checkpoints beyond `total_limit`. Refuses non-finite weights before writing anything. `pause(event)` is the
-    tests' hook inside the save. Every process calls this."""
+    checkpoints beyond `total_limit`. Refuses non-finite weights before writing anything. Every process calls
+    this."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{global_step}"
     check_finite_weights(model, ema, final.name)  # the same weights, hence the same verdict, on every rank
@@ -148,8 +155,6 @@ def save_checkpoint(
         shutil.rmtree(tmp)  # left by an interrupted save of the same step
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # on every process: each one saves its own random state
-    if pause is not None:
-        pause(f"save-{global_step}")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _fsync(sorted(tmp.rglob("*"), reverse=True))  # the data first, then the marker that vouches for it

@@ -79,6 +79,33 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 @torch.no_grad()
+def encode_shard(
+    subset, vae: torch.nn.Module, latent_shape: tuple[int, ...], args: argparse.Namespace, accelerator: Accelerator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The latents of `subset`'s images and of their flips, (n, 2, C, h, w), and their labels, (n,), where
+    UNREADABLE or TOO_SMALL mark the images that could not be used."""
+    resolution = args.resolution
+    loader = torch.utils.data.DataLoader(
+        subset,
+        batch_size=args.train_batch_size,
+        num_workers=args.dataloader_num_workers,
+        collate_fn=functools.partial(collate_samples, key="pixel_values", shape=(3, resolution, resolution)),
+    )
+    latents = np.zeros((len(subset), 2, *latent_shape), dtype=np.float32)  # (n, 2, C, h, w)
+    labels = np.full(len(subset), UNREADABLE, dtype=np.int64)  # (n,)
+    row = 0
+    for batch in loader:
+        pixels = batch["pixel_values"].to(accelerator.device)  # (B, 3, R, R)
+        with accelerator.autocast():
+            z = vae.encode(torch.cat([pixels, pixels.flip(-1)])).latents.float().cpu()  # (2B, C, h, w)
+        size = len(pixels)
+        latents[row : row + size] = torch.stack([z[:size], z[size:]], dim=1).numpy()  # (B, 2, C, h, w)
+        missing = torch.where(batch["too_small"], TOO_SMALL, UNREADABLE)  # (B,)
+        labels[row : row + size] = torch.where(batch["valid"], batch["label"], missing).numpy()
+        row += size
+    return latents, labels
+
+
 def write_cache(
     folder: str | os.PathLike,
     hf_dataset,
@@ -109,24 +136,7 @@ def write_cache(
     logger.info(f"Encoding {len(dataset)} images and their flips into {folder} ({num_shards} shards)")
     for shard in tqdm(shards, desc="Caching latents", disable=not accelerator.is_local_main_process):
         indices = range(shard * shard_size, min((shard + 1) * shard_size, len(dataset)))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indices),
-            batch_size=args.train_batch_size,
-            num_workers=args.dataloader_num_workers,
-            collate_fn=functools.partial(collate_samples, key="pixel_values", shape=(3, resolution, resolution)),
-        )
-        latents = np.zeros((len(indices), 2, *latent_shape), dtype=np.float32)  # (n, 2, C, h, w)
-        labels = np.full(len(indices), UNREADABLE, dtype=np.int64)  # (n,)
-        row = 0
-        for batch in loader:
-            pixels = batch["pixel_values"].to(accelerator.device)  # (B, 3, R, R)
-            with accelerator.autocast():
-                z = vae.encode(torch.cat([pixels, pixels.flip(-1)])).latents.float().cpu()  # (2B, C, h, w)
-            size = len(pixels)
-            latents[row : row + size] = torch.stack([z[:size], z[size:]], dim=1).numpy()  # (B, 2, C, h, w)
-            missing = torch.where(batch["too_small"], TOO_SMALL, UNREADABLE)  # (B,)
-            labels[row : row + size] = torch.where(batch["valid"], batch["label"], missing).numpy()
-            row += size
+        latents, labels = encode_shard(torch.utils.data.Subset(dataset, indices), vae, latent_shape, args, accelerator)
         _save_npy(folder / f"shard-{shard:05d}.latents.npy", latents)
         _save_npy(folder / f"shard-{shard:05d}.labels.npy", labels)
 

@@ -4,6 +4,7 @@
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -66,77 +67,76 @@ def log_banner(
     logger.info(f"  Parameters: {parameters}")
 
 
+@dataclass
+class StepTotals:
+    """One optimizer step's statistics, summed over its micro-batches and over every process (the same on all)."""
+
+    loss_sum: float  # of the per-sample losses of the usable samples
+    samples: int  # usable samples
+    unreadable: int  # samples whose image could not be decoded
+    too_small: int  # samples skipped by --small_image_policy skip
+    flag_counts: dict[str, float]  # usable samples with each per-sample flag (noise-synced, class-dropped...)
+    bucket_loss_sums: list[float]  # loss sum per flow-time bucket (NUM_T_BUCKETS)
+    bucket_samples: list[float]  # usable samples per flow-time bucket
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+
 class StepStatistics:
-    """Sums over one optimizer step, kept in one tensor so that a single all-reduce gathers them from every rank:
-    loss, samples, unreadable slots, too-small slots, the count of each named per-sample flag (noise-synced,
-    class-dropped...), then the loss and sample count of each flow-time bucket."""
+    """Sums over one optimizer step: each micro-batch adds its per-sample losses, flow times and flags, and
+    `reduce` gathers them from every process in a single all-reduce (the named fields travel packed in one tensor,
+    which is the only place their order matters)."""
 
-    HEAD = 4  # loss, samples, unreadable, too small
+    FIELDS = ("loss_sum", "samples", "unreadable", "too_small")
 
-    def __init__(self, device: torch.device, flag_logs: dict[str, str]):
-        self.flag_logs = flag_logs  # flag name -> the log key of its fraction of the step's samples
-        self.sums = torch.zeros(self.HEAD + len(flag_logs) + 2 * NUM_T_BUCKETS, device=device)
+    def __init__(self, device: torch.device, flag_names: list[str]):
+        self.flag_names = list(flag_names)
+        self.sums = torch.zeros(len(self.FIELDS) + len(self.flag_names) + 2 * NUM_T_BUCKETS, device=device)
         self.start = time.perf_counter()
 
-    def add(
-        self,
-        per_sample_loss: torch.Tensor,
-        t: torch.Tensor,
-        valid: torch.Tensor,
-        too_small: torch.Tensor,
-        **flags: torch.Tensor,
-    ):
-        """One micro-batch: (B,) losses, flow times, validity weights and too-small flags (skipped, not unreadable),
-        and (B,) tensors of the named flags."""
+    def add(self, per_sample_loss: torch.Tensor, t: torch.Tensor, batch: dict, **flags: torch.Tensor) -> None:
+        """One micro-batch: (B,) losses and flow times, the batch's (B,) `valid` and `too_small` masks, and (B,)
+        tensors of the named flags."""
         per_sample_loss = per_sample_loss.detach()  # (B,)
-        too_small = too_small.to(device=valid.device, dtype=valid.dtype)  # (B,)
+        valid = batch["valid"].to(device=per_sample_loss.device, dtype=per_sample_loss.dtype)  # (B,)
+        too_small = batch["too_small"].to(device=valid.device, dtype=valid.dtype)  # (B,)
         buckets = (t * NUM_T_BUCKETS).long().clamp(max=NUM_T_BUCKETS - 1)  # (B,)
         in_bucket = torch.nn.functional.one_hot(buckets, NUM_T_BUCKETS).to(valid.dtype) * valid[:, None]  # (B, K)
-        head = [(per_sample_loss * valid).sum(), valid.sum(), (1 - valid - too_small).sum(), too_small.sum()]
-        head += [(flags[name] * valid).sum() for name in self.flag_logs]
-        self.sums += torch.cat([torch.stack(head), in_bucket.T @ per_sample_loss, in_bucket.sum(0)])
+        usable_loss = torch.where(valid > 0, per_sample_loss, torch.zeros_like(per_sample_loss))  # (B,)
+        fields = [usable_loss.sum(), valid.sum(), (1 - valid - too_small).sum(), too_small.sum()]
+        fields += [(flags[name].to(valid.dtype) * valid).sum() for name in self.flag_names]
+        self.sums += torch.cat([torch.stack(fields), in_bucket.T @ usable_loss, in_bucket.sum(0)])
 
-    def reduce(self, accelerator: Accelerator) -> torch.Tensor:
-        return accelerator.reduce(self.sums.clone(), reduction="sum")  # the same on every rank
+    def reduce(self, accelerator: Accelerator) -> StepTotals:
+        sums = accelerator.reduce(self.sums.clone(), reduction="sum").tolist()  # the same on every rank
+        head, rest = sums[: len(self.FIELDS)], sums[len(self.FIELDS) :]
+        flags, buckets = rest[: len(self.flag_names)], rest[len(self.flag_names) :]
+        return StepTotals(
+            loss_sum=head[0],
+            samples=int(head[1]),
+            unreadable=int(head[2]),
+            too_small=int(head[3]),
+            flag_counts=dict(zip(self.flag_names, flags)),
+            bucket_loss_sums=buckets[:NUM_T_BUCKETS],
+            bucket_samples=buckets[NUM_T_BUCKETS:],
+        )
 
     def reset(self) -> None:
         self.sums.zero_()
         self.start = time.perf_counter()
 
-    # Readers of a reduced tensor.
-    @staticmethod
-    def mean_loss(totals: torch.Tensor) -> torch.Tensor:
-        return totals[0] / totals[1].clamp_min(1.0)
-
-    @staticmethod
-    def samples(totals: torch.Tensor) -> int:
-        return int(totals[1])
-
-    @staticmethod
-    def corrupt(totals: torch.Tensor) -> int:
-        return int(totals[2])
-
-    @staticmethod
-    def too_small(totals: torch.Tensor) -> int:
-        return int(totals[3])
-
-    def flag_count(self, totals: torch.Tensor, name: str) -> float:
-        return float(totals[self.HEAD + list(self.flag_logs).index(name)])
-
-    def logs(self, totals: torch.Tensor) -> dict[str, float]:
-        """Loss, flag fractions, throughput and the loss per flow-time bucket."""
-        samples = totals[1].clamp_min(1.0)
-        logs = {"loss": (totals[0] / samples).item()}
-        for i, key in enumerate(self.flag_logs.values()):
-            logs[key] = (totals[self.HEAD + i] / samples).item()
-        logs["images_per_sec"] = totals[1].item() / max(time.perf_counter() - self.start, 1e-9)
-        first = self.HEAD + len(self.flag_logs)
-        bucket_loss, bucket_count = totals[first : first + NUM_T_BUCKETS], totals[first + NUM_T_BUCKETS :]
-        for k in range(NUM_T_BUCKETS):
-            if bucket_count[k] > 0:
-                logs[f"loss_t/{k / NUM_T_BUCKETS:.2f}-{(k + 1) / NUM_T_BUCKETS:.2f}"] = (
-                    bucket_loss[k] / bucket_count[k]
-                ).item()
+    def logs(self, totals: StepTotals, flag_logs: dict[str, str]) -> dict[str, float]:
+        """Loss, flag fractions (`flag_logs`: flag name -> log key), throughput and the loss per flow-time bucket."""
+        samples = max(totals.samples, 1)
+        logs = {"loss": totals.mean_loss, "images": totals.samples}
+        for name, key in flag_logs.items():
+            logs[key] = totals.flag_counts[name] / samples
+        logs["images_per_sec"] = totals.samples / max(time.perf_counter() - self.start, 1e-9)
+        for k, (loss_sum, count) in enumerate(zip(totals.bucket_loss_sums, totals.bucket_samples)):
+            if count > 0:
+                logs[f"loss_t/{k / NUM_T_BUCKETS:.2f}-{(k + 1) / NUM_T_BUCKETS:.2f}"] = loss_sum / count
         return logs
 
 

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from .checkpointing import list_checkpoints
+from .checkpointing import NonFiniteWeightsError, list_checkpoints
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -139,6 +139,8 @@ class StopRequest:
     handlers. Dataloader workers inherit the handler: there it sets a flag nobody reads, so a worker outlives a
     SIGTERM sent to the whole process group until the main process has saved and shuts it down."""
 
+    active: "StopRequest | None" = None  # the one around the running loop (read by the tests' debug pause)
+
     def __init__(self, enabled: bool):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
@@ -150,9 +152,11 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if self.enabled:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+        StopRequest.active = self
         return self
 
     def __exit__(self, *exc) -> None:
+        StopRequest.active = None
         if self.enabled:
             signal.signal(signal.SIGTERM, self._previous)
 
@@ -166,14 +170,14 @@ class StopRequest:
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def debug_pause(event: str, pause_at: str | None, output_dir: str, stop: StopRequest | None = None) -> None:
+def debug_pause(event: str, pause_at: str | None, output_dir: str) -> None:
     """With the hidden --debug_pause_at `event`: touch output_dir/.debug-paused-<event>, then wait for SIGTERM (at
     most 10 minutes). The kill tests use it to signal the run at a known point instead of racing it."""
     if pause_at != event:
         return
     Path(output_dir, f".debug-paused-{event}").touch()
     deadline = time.monotonic() + 600
-    while not (stop is not None and stop.requested) and time.monotonic() < deadline:
+    while not (StopRequest.active is not None and StopRequest.active.requested) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
@@ -214,6 +218,43 @@ def check_bad_samples(unreadable: int, usable: int, too_small: int, max_fraction
             f"than --max_bad_sample_fraction {max_fraction}. The log names the files (rate-limited); remove or "
             "repair them, or raise --max_bad_sample_fraction."
         )
+
+
+class RunGuard:
+    """What a training step checks at its boundary, as one context manager around the loop: SIGTERM (`StopRequest`),
+    runs of non-finite steps (`NonFiniteStreak`) and unreadable data (`check_bad_samples`). When one of these stops
+    the run, the trackers are flushed on the way out, since the logs up to the failure are what explains it."""
+
+    STOPS = (NonFiniteTrainingError, NonFiniteWeightsError, BadDataError)
+
+    def __init__(self, accelerator: Accelerator, args, nonfinite_streak: int = 0):
+        self.accelerator = accelerator
+        self.stop = StopRequest(args.checkpoint_on_sigterm)
+        self.streak = NonFiniteStreak(args.max_nonfinite_steps, nonfinite_streak)
+        self.max_bad_sample_fraction = args.max_bad_sample_fraction
+        self.output_dir = args.output_dir
+
+    def __enter__(self) -> "RunGuard":
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.stop.__exit__(exc_type, exc, traceback)
+        if exc_type is not None and issubclass(exc_type, self.STOPS):
+            self.accelerator.end_training()
+
+    def check_step(self, progress, skipped: bool) -> None:
+        """After a step is counted in `progress`, before its checkpoint: raise if the run must stop, so that the
+        newest checkpoint stays the last good one."""
+        self.streak.update(skipped, progress.global_step, self.output_dir)
+        progress.nonfinite_streak = self.streak.count
+        check_bad_samples(
+            progress.corrupt_images, progress.images_seen, progress.too_small_images, self.max_bad_sample_fraction
+        )
+
+    def stop_requested(self) -> bool:
+        """Whether SIGTERM reached any rank; the same answer on every rank."""
+        return self.stop.agreed(self.accelerator)
 
 
 def resident_memory_bytes() -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
+from tqdm.auto import tqdm
 
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput, dito_flow_matching_loss
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
@@ -31,10 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training import arguments
 from training.checkpointing import (
+    ema_weights,
     load_component,
     register_checkpoint_hooks,
     resume,
     run_signature,
+    save_checkpoint,
     save_lora_adapter,
     setup_trained_weights,
 )
@@ -44,11 +47,28 @@ from training.data import (
     StreamingImageDataset,
     load_hf_dataset,
     load_validation_images,
+    seed_from,
     training_dataloader,
 )
-from training.logging_utils import create_accelerator, init_trackers, log_banner, save_validation_grid, to_uint8
-from training.loop import LossTerms, create_optimizer, finish_training, make_schedule, train_loop
-from training.reliability import lock_output_dir, run_script
+from training.debug import install_debug_hooks
+from training.logging_utils import (
+    StepStatistics,
+    create_accelerator,
+    init_trackers,
+    log_banner,
+    save_validation_grid,
+    to_uint8,
+)
+from training.reliability import RunGuard, lock_output_dir, run_script
+from training.steps import (
+    create_optimizer,
+    epoch_batches,
+    finish_training,
+    make_schedule,
+    masked_mean,
+    optimizer_step,
+    step_logs,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -223,6 +243,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
         sampler = EpochShuffleSampler(len(train_dataset), args.seed)
     shape = (3, args.resolution, args.resolution)
     train_dataloader = training_dataloader(train_dataset, sampler, args, key="pixel_values", shape=shape)
+    debug = install_debug_hooks(args, accelerator, train_dataloader)  # the tests' record and pauses, or None
 
     # ---- model
     vae = build_vae(args).train()  # from_pretrained returns eval mode
@@ -263,33 +284,68 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
         + (f" (LoRA rank {args.lora_rank} on the decoder)" if args.lora_rank > 0 else ""),
     )
 
-    # ---- train
-    def compute_loss(batch: dict, generator: torch.Generator) -> LossTerms:
-        out = DiToLossOutput(**objective(batch["pixel_values"], generator))
-        return LossTerms(out.per_sample_loss, out.t, {"noise_synced": out.noise_synced})
-
-    def validate(global_step: int) -> None:
-        log_validation(vae, validation_images, args, accelerator, global_step)
-
-    record = train_loop(
-        accelerator,
-        args,
-        objective,
-        compute_loss,
-        optimizer,
-        lr_scheduler,
-        trainable,
-        ema,
-        progress,
-        train_dataloader,
-        epoch_aware=[train_dataset] + ([sampler] if sampler is not None else []),
-        schedule=schedule,
-        validate=validate if validation_images is not None else None,
-        flag_logs=FLAG_LOGS,
+    # ---- train: the step, top to bottom
+    generator = torch.Generator(device=accelerator.device)  # the loss's noise and times, reseeded every micro-batch
+    max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
+    stats = StepStatistics(accelerator.device, flag_names=list(FLAG_LOGS))
+    progress_bar = tqdm(
+        range(schedule.max_train_steps),
+        initial=progress.global_step,
+        desc="Steps",
+        disable=not accelerator.is_local_main_process,
     )
+    interrupted = False
+    epoch_aware = [train_dataset] + ([sampler] if sampler is not None else [])
+    with RunGuard(accelerator, args, progress.nonfinite_streak) as guard:
+        for epoch, batch in epoch_batches(accelerator, train_dataloader, epoch_aware, progress, schedule):
+            with accelerator.accumulate(objective):
+                # A fresh random stream per (rank, epoch, batch): restored exactly on resume.
+                seed = seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
+                generator.manual_seed(seed)
+                out = DiToLossOutput(**objective(batch["pixel_values"], generator))
+                loss = masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
+                accelerator.backward(loss)
+                stats.add(out.per_sample_loss, out.t, batch, noise_synced=out.noise_synced)
+
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
+                    totals = stats.reduce(accelerator)  # the same on every rank, so every rank decides alike
+                    skipped = optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
+            progress.batches_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            # ---- the end of an optimizer step
+            progress.count_step(totals, skipped)
+            if ema is not None and not skipped:  # a skipped step leaves the EMA alone too
+                ema.step(trainable)
+            logs = step_logs(stats, totals, FLAG_LOGS, progress, lr_scheduler, grad_norm, ema)
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", grad_norm=f"{logs['grad_norm']:.3f}")
+            accelerator.log(logs, step=progress.global_step)
+
+            guard.check_step(progress, skipped)  # stops the run before this step's checkpoint
+            # A SIGTERM during the last step changes nothing: the run finishes and saves its final model.
+            interrupted = guard.stop_requested() and progress.global_step < schedule.max_train_steps
+            if progress.global_step % args.checkpointing_steps == 0 or interrupted:
+                save_checkpoint(
+                    accelerator, args.output_dir, args.checkpoints_total_limit, progress.global_step, vae, ema,
+                    run_signature=progress.run_signature,
+                )  # fmt: skip
+            if interrupted:
+                logger.warning(f"SIGTERM: stopping after step {progress.global_step}, whose checkpoint is saved")
+                break
+            if validation_images is not None and progress.global_step % args.validation_steps == 0:
+                with ema_weights(ema, trainable):  # validate the weights that will be saved
+                    log_validation(vae, validation_images, args, accelerator, progress.global_step)
+
+            stats.reset()
+            if progress.global_step >= schedule.max_train_steps:
+                break
+    progress_bar.close()
 
     finish_training(
-        accelerator, args, progress, record, FLAG_LOGS, vae, ema, trainable, lambda: save_final_model(vae, args)
+        accelerator, args, progress, interrupted, vae, ema, trainable, lambda: save_final_model(vae, args), debug
     )
     return vae
 
