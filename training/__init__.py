@@ -14,6 +14,12 @@ docs/reliability.md), `logging_utils` (accelerator set-up, step statistics, vali
 hidden hooks, attached from outside the step). Each script's `main` shows its training step top to bottom. The
 losses themselves live in the package: `diffusers_dito.losses`.
 
+Evaluation scripts, laid out the same way (docs/evaluation.md): `evaluate_dito.py` (a DiTo's reconstructions, and
+their quality against NFE) and `evaluate_generation.py` (samples of a `DiToDiTPipeline`). They share `evaluation`
+(image folders, grids, metrics.json, the `--num_processes` re-launch); `decode_sweep` holds `evaluate_dito.py`'s
+quality-against-NFE sweep. Both load models with `diffusers_dito.pipelines.loading`, as the `diffusers-dito` command
+line does.
+
 The scripts are run as files (`python training/train_dito.py`, `accelerate launch training/train_dito.py`), which puts
 `training/` itself, not the repository root, on `sys.path`. Each script therefore adds the repository root to
 `sys.path` before importing `training.<module>`, so the shared code is imported the same way when run as a file, as

@@ -13,19 +13,18 @@ with accelerate; the main process gathers the results and writes every file.
 
 `benchmarks/choose_decode_defaults.py` reads the sweep of metrics.json and picks the cheapest decoding setting.
 
-docs/evaluation.md describes the outputs and how to reproduce the curves. `evaluate_generation.py` imports the
-image-folder, grid and launch helpers below.
+docs/evaluation.md describes the outputs and how to reproduce the curves. The image-folder, grid and launch helpers
+are shared with `evaluate_generation.py` (`training/evaluation.py`), the sweep's samplers, rows and plot are in
+`training/decode_sweep.py`, and models load through `diffusers_dito.pipelines.loading`, as in the `diffusers-dito`
+command line.
 """
 
 import argparse
 import csv
 import importlib.util
-import json
 import logging
 import math
 import os
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,45 +33,47 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
-import PIL.ImageOps
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object
-from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
-from diffusers.schedulers import SchedulerMixin
 from tqdm.auto import tqdm
 
-from diffusers_dito import AutoencoderDiTo, DiToPipeline
-from diffusers_dito.metrics import (
-    compute_metrics,
-    high_frequency_energy_ratio,
-    psnr,
-    sliced_wasserstein_distance,
-    ssim,
+from diffusers_dito import DiToPipeline
+from diffusers_dito.metrics import compute_metrics, psnr, ssim
+from diffusers_dito.pipelines.loading import load_reconstruction_pipeline, model_kind
+
+# Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from training.arguments import positive_int  # noqa: E402
+from training.decode_sweep import (  # noqa: E402
+    DEFAULT_SWEEP_STEPS,
+    SAMPLERS,
+    make_scheduler,
+    plot_sweep,
+    sampler_nfe,
+    summarise_point,
 )
-from diffusers_dito.scheduling import retrieve_flow_match_timesteps
+from training.evaluation import (  # noqa: E402
+    add_shared_arguments,
+    check_num_processes,
+    labelled_grid,
+    list_image_files,
+    load_image,
+    mean,
+    relaunch_with_accelerate,
+    to_float,
+    write_json,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
-SAMPLERS = ("euler", "heun")
-DEFAULT_SWEEP_STEPS = (1, 2, 4, 8, 16, 25, 50)
 SSIM_MIN_SIZE = 11  # SSIM's Gaussian window
-SWD_MIN_SIZE = 16  # SWD's coarsest pyramid level
 SET_METRICS_MIN_SIZE = 32  # compute_metrics (LPIPS' smallest input)
 DIFFERENT_SIZES = "the images differ in size; pass --resolution to compare them at one size"
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def positive_int(value: str) -> int:
-    """argparse type: an integer >= 1."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return number
-
-
 def positive_float(value: str) -> float:
     r"""
     argparse type: a finite number > 0.
@@ -90,244 +91,10 @@ def positive_float(value: str) -> float:
     return number
 
 
-def model_kind(path: str | os.PathLike) -> str:
-    r"""
-    What a saved DiTo folder holds: `"DiToPipeline"`, `"DiToDiTPipeline"` or `"AutoencoderDiTo"`.
-
-    Raises:
-        `ValueError`: The folder is missing or holds something else; the message says what was found.
-
-    Examples:
-        ```py
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> _ = (folder / "config.json").write_text('{"_class_name": "AutoencoderDiTo"}')
-        >>> model_kind(folder)
-        'AutoencoderDiTo'
-
-        ```
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a folder (expected a saved DiTo pipeline or AutoencoderDiTo)")
-    for name in ("model_index.json", "config.json"):
-        if (path / name).is_file():
-            try:
-                class_name = json.loads((path / name).read_text()).get("_class_name")
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"{path / name} is not readable JSON ({err})") from None
-            class_name = class_name[-1] if isinstance(class_name, list) else class_name  # ["pipeline", "DiTo..."]
-            if class_name in ("DiToPipeline", "DiToDiTPipeline", "AutoencoderDiTo"):
-                return class_name
-            raise ValueError(f"{path} holds a {class_name}, not a DiToPipeline, DiToDiTPipeline or AutoencoderDiTo")
-    raise ValueError(f"{path} has no model_index.json or config.json (expected a saved DiTo model)")
-
-
-def load_reconstruction_pipeline(path: str | os.PathLike) -> DiToPipeline:
-    """A `DiToPipeline` from a DiToPipeline folder, from the VAE of a DiToDiTPipeline folder, or from a bare
-    AutoencoderDiTo folder."""
-    kind = model_kind(path)
-    if kind == "DiToPipeline":
-        return DiToPipeline.from_pretrained(path)
-    subfolder = "vae" if kind == "DiToDiTPipeline" else None  # the transformer is not needed to reconstruct
-    vae = AutoencoderDiTo.from_pretrained(path, subfolder=subfolder)
-    return DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
-
-
-def list_image_files(folder: str | os.PathLike, max_images: int | None = None) -> list[Path]:
-    r"""
-    Files under `folder` (recursively, hidden ones excluded) whose extension PIL knows, sorted by path; the first
-    `max_images` of them when given. Whether each can be decoded is only found out when it is loaded.
-
-    Examples:
-        ```py
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> for name in ("b.png", "a.jpg", "notes.txt"):
-        ...     _ = (folder / name).write_bytes(b"")
-        >>> [path.name for path in list_image_files(folder)]
-        ['a.jpg', 'b.png']
-
-        ```
-    """
-    folder = Path(folder)
-    extensions = {extension.lower() for extension in PIL.Image.registered_extensions()}
-    files = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in extensions
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-    return files[:max_images] if max_images is not None else files
-
-
-def load_image(path: str | os.PathLike, resolution: int | None = None) -> PIL.Image.Image | None:
-    r"""
-    An image file as RGB, or `None` when it cannot be decoded. With `resolution`, the largest centred square is
-    cropped and resized to `resolution`² (bicubic); otherwise the size is kept.
-
-    Examples:
-        ```py
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> PIL.Image.new("L", (40, 30)).save(folder / "wide.png")
-        >>> _ = (folder / "broken.png").write_bytes(b"not a png")
-        >>> load_image(folder / "wide.png", resolution=16).size, load_image(folder / "broken.png")
-        ((16, 16), None)
-
-        ```
-    """
-    try:
-        with PIL.Image.open(path) as image:
-            image = image.convert("RGB")  # decodes the whole file: truncated images fail here, not later
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
-        return None
-    if resolution is not None:
-        image = PIL.ImageOps.fit(image, (resolution, resolution), method=PIL.Image.Resampling.BICUBIC)
-    return image
-
-
-def image_grid(rows: list[list[np.ndarray]]) -> PIL.Image.Image:
-    r"""
-    Rows of `(H, W, 3)` uint8 images on one black canvas. Every cell is as large as the largest image, and each
-    image sits in the top-left corner of its cell.
-
-    Examples:
-        ```py
-        >>> tile = np.zeros((8, 10, 3), dtype=np.uint8)
-        >>> image_grid([[tile, tile, tile], [tile]]).size  # (width, height)
-        (30, 16)
-
-        ```
-    """
-    cell_h = max(image.shape[0] for row in rows for image in row)
-    cell_w = max(image.shape[1] for row in rows for image in row)
-    canvas = np.zeros((len(rows) * cell_h, max(len(row) for row in rows) * cell_w, 3), dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            canvas[r * cell_h : r * cell_h + image.shape[0], c * cell_w : c * cell_w + image.shape[1]] = image
-    return PIL.Image.fromarray(canvas)
-
-
-def labelled_grid(rows: list[list[np.ndarray]], labels: list[str], label_height: int = 26) -> PIL.Image.Image:
-    r"""
-    `image_grid(rows)` under a header that names each column (PIL's built-in font, white on black; up to two lines).
-
-    Examples:
-        ```py
-        >>> tile = np.zeros((8, 10, 3), dtype=np.uint8)
-        >>> labelled_grid([[tile, tile]], ["a", "b"]).size
-        (20, 34)
-
-        ```
-    """
-    grid = image_grid(rows)
-    canvas = PIL.Image.new("RGB", (grid.width, grid.height + label_height))
-    canvas.paste(grid, (0, label_height))
-    draw = PIL.ImageDraw.Draw(canvas)
-    cell_w = grid.width // max(len(row) for row in rows)
-    for c, label in enumerate(labels):
-        draw.text((c * cell_w + 2, 1), label, fill=(255, 255, 255))
-    return canvas
-
-
 def error_image(reconstruction: np.ndarray, original: np.ndarray, gain: float) -> np.ndarray:
     """|reconstruction − original| of two `(H, W, 3)` uint8 images, averaged over channels, × `gain`, as grey."""
     error = np.abs(reconstruction.astype(np.int16) - original.astype(np.int16)).mean(axis=2) * gain  # (H, W)
     return np.repeat(np.clip(error.round(), 0, 255).astype(np.uint8)[..., None], 3, axis=2)  # (H, W, 3)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 `(B, 3, H, W)` -> float in [-1, 1], the range of `diffusers_dito.metrics`."""
-    return images.float() / 127.5 - 1
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON has no inf or NaN (PSNR of a perfect reconstruction is inf): they are written as null."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def write_json(path: Path, data: dict) -> None:
-    def clean(value):
-        if isinstance(value, float):
-            return finite_or_none(value)
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(item) for item in value]
-        return value
-
-    path.write_text(json.dumps(clean(data), indent=2) + "\n")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def check_num_processes(num_processes: int | None) -> str | None:
-    """Why `--num_processes` conflicts with the launcher this process runs under, or None."""
-    world_size = os.environ.get("WORLD_SIZE")  # set by accelerate launch (several processes) and torchrun
-    if num_processes is not None and world_size is not None and int(world_size) != num_processes:
-        return f"--num_processes {num_processes}, but this process was launched as one of {world_size}"
-    return None
-
-
-def relaunch_with_accelerate(num_processes: int | None, script: str, argv: list[str]) -> int | None:
-    """
-    Re-run `script argv` under `accelerate launch` with `num_processes` processes, unless this process already runs
-    under a launcher or one process is asked for. Without a GPU the processes run on CPU (`ACCELERATE_USE_CPU=1`
-    with `--multi_gpu`, a gloo process group: `--cpu --num_processes N` would silently start one process).
-
-    Returns:
-        The launched command's exit code, or `None` when this process should do the work itself.
-    """
-    if num_processes is None or num_processes == 1 or "WORLD_SIZE" in os.environ:
-        return None
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env["ACCELERATE_USE_CPU"] = "1"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        script, *argv,
-    ]  # fmt: skip
-    return subprocess.call(command, env=env)
-
-
-def make_scheduler(sampler: str, shift: float = 1.0) -> SchedulerMixin:
-    """A fresh flow-matching scheduler: `"euler"` (1st order) or `"heun"` (2nd order), on the σ grid of `shift`.
-
-    `AutoencoderDiTo.decode` puts both on DiTo's uniform grid σ = 1, 1 − 1/N, …, 1/N, 0
-    (`retrieve_flow_match_timesteps`), and both then map each σ to shift·σ / (1 + (shift − 1)·σ): shift = 1 keeps
-    the paper's uniform grid, shift > 1 spends more of the steps at high noise. At one shift the curves compare
-    the integrators, not the grids.
-    """
-    if sampler == "euler":
-        return FlowMatchEulerDiscreteScheduler(shift=shift)
-    if sampler == "heun":
-        return FlowMatchHeunDiscreteScheduler(shift=shift)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-
-
-def sampler_nfe(sampler: str, num_inference_steps: int) -> int:
-    r"""
-    Decoder network evaluations of one decode: one per scheduler timestep. Euler makes N; Heun makes 2N − 1 (two per
-    step, but its last step, to σ = 0, is a plain Euler step).
-
-    Examples:
-        ```py
-        >>> [sampler_nfe("euler", 4), sampler_nfe("heun", 4), sampler_nfe("heun", 1)]
-        [4, 7, 1]
-
-        ```
-    """
-    scheduler = make_scheduler(sampler)
-    retrieve_flow_match_timesteps(scheduler, num_inference_steps, device="cpu")  # the grid `decode` integrates on
-    return len(scheduler.timesteps)
 
 
 # ------------------------------------------------------------------------------------------------------- args
@@ -378,15 +145,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         default=96,
         help="Smaller images are enlarged (nearest neighbour, by a whole factor) to at least this size in the grid.",
     )
-    parser.add_argument(
-        "--num_processes",
-        type=positive_int,
-        default=None,
-        help="Shard over N processes: re-launches this script with `accelerate launch` (CPU processes without a GPU).",
-    )
-    weights = parser.add_argument_group("weights of the metrics that need them (else skipped, with the reason)")
-    weights.add_argument("--inception_weights", default=None, help="rFID: torch-fidelity's Inception .pth file.")
-    weights.add_argument("--dinov2_path", default=None, help="FD-DINOv2: a local transformers Dinov2Model folder.")
+    weights = add_shared_arguments(parser, fid="rFID")
     weights.add_argument("--lpips_backbone", default=None, help="LPIPS: torchvision's alexnet-owt-7be5be79.pth.")
 
     args = parser.parse_args(input_args)
@@ -471,77 +230,6 @@ def decode_point(pipe, batches, scheduler, steps: int, seed: int, progress, keep
             records.append(record)
         progress.update(len(batch.indices))
     return records
-
-
-def mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def summarise_point(
-    records: list[dict], originals: torch.Tensor | None, sampler: str, shift: float, steps: int, seconds, seed
-) -> dict:
-    """One row of the sweep table. SWD when every image has one size of at least 16 px (`originals` is not None), the
-    high-frequency energy ratio when they share one size; otherwise None."""
-    row = {"sampler": sampler, "shift": shift, "steps": steps, "nfe": sampler_nfe(sampler, steps)}
-    row["psnr"] = mean([r["psnr"] for r in records])
-    row["ssim"] = mean([r["ssim"] for r in records])
-    row["swd"] = row["hf_energy_ratio"] = None
-    if originals is not None:
-        reconstructions = to_float(torch.stack([r["reconstruction"] for r in records]))  # (N, 3, H, W)
-        references = to_float(originals)
-        if min(originals.shape[-2:]) >= SWD_MIN_SIZE:
-            row["swd"] = sliced_wasserstein_distance(reconstructions, references, seed=seed).mean
-        try:
-            row["hf_energy_ratio"] = high_frequency_energy_ratio(reconstructions, references)
-        except ValueError as err:  # e.g. flat originals: no energy above the cutoff, the ratio is undefined
-            logger.warning(f"No high-frequency ratio for {sampler}, shift {shift:g}, {steps} steps: {err}")
-    row["seconds"] = round(seconds, 3)
-    return row
-
-
-def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
-    """PSNR, SWD and the high-frequency energy ratio against NFE (the cost of a decode), one line per (sampler,
-    shift)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = {
-        "psnr": "PSNR (dB), higher is better",
-        "swd": "SWD, lower is better",
-        "hf_energy_ratio": "high-frequency energy ratio, 1 = as sharp",
-    }
-    curves = dict.fromkeys((row["sampler"], row["shift"]) for row in rows)
-    ticks = []
-    for nfe in sorted({row["nfe"] for row in rows}):
-        if not ticks or nfe >= 1.3 * ticks[-1]:  # Heun's 2N - 1 lands next to Euler's N: keep the labels apart
-            ticks.append(nfe)
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4), constrained_layout=True)
-    for ax, (metric, label) in zip(axes, panels.items()):
-        for sampler, shift in curves:
-            points = [
-                (r["nfe"], r[metric])
-                for r in rows
-                if (r["sampler"], r["shift"]) == (sampler, shift) and r[metric] is not None
-            ]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=f"{sampler}, shift {shift:g}")
-        if ax.lines:
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, "not computed (see metrics.json)", ha="center", transform=ax.transAxes)
-        if metric == "hf_energy_ratio" and ax.lines:
-            ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks, [str(n) for n in ticks])
-        ax.set_xlabel("NFE (decoder evaluations per image)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: quality against NFE")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -11,7 +11,8 @@ seeded with seed + k, so the samples do not depend on the number of processes or
         --reference_dir ./val --output_dir eval-dito-dit
     python training/evaluate_generation.py ... --num_processes 4    # re-launches itself under `accelerate launch`
 
-docs/evaluation.md describes the outputs. The image-folder, grid and launch helpers come from evaluate_dito.py.
+docs/evaluation.md describes the outputs. The image-folder, grid and launch helpers are shared with evaluate_dito.py
+(`training/evaluation.py`); the model loads through `diffusers_dito.pipelines.loading`.
 """
 
 import argparse
@@ -33,16 +34,17 @@ from tqdm.auto import tqdm
 
 from diffusers_dito import DiToDiTPipeline
 from diffusers_dito.metrics import compute_generation_metrics
+from diffusers_dito.pipelines.loading import load_pipeline, model_kind
 
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training.evaluate_dito import (  # noqa: E402
+from training.arguments import positive_int  # noqa: E402
+from training.evaluation import (  # noqa: E402
+    add_shared_arguments,
     check_num_processes,
     image_grid,
     list_image_files,
     load_image,
-    model_kind,
-    positive_int,
     relaunch_with_accelerate,
     to_float,
     write_json,
@@ -135,15 +137,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save_samples", action="store_true", help="Also write every sample as a PNG.")
     parser.add_argument("--grid_classes", type=positive_int, default=16, help="Rows of the sample grid.")
     parser.add_argument("--grid_samples_per_class", type=positive_int, default=8, help="Columns of the sample grid.")
-    parser.add_argument(
-        "--num_processes",
-        type=positive_int,
-        default=None,
-        help="Shard over N processes: re-launches this script with `accelerate launch` (CPU processes without a GPU).",
-    )
-    weights = parser.add_argument_group("weights of the metrics that need them (else skipped, with the reason)")
-    weights.add_argument("--inception_weights", default=None, help="gFID: torch-fidelity's Inception .pth file.")
-    weights.add_argument("--dinov2_path", default=None, help="FD-DINOv2: a local transformers Dinov2Model folder.")
+    add_shared_arguments(parser, fid="gFID")
 
     args = parser.parse_args(input_args)
     try:
@@ -217,7 +211,7 @@ def main(args: argparse.Namespace) -> dict:
     if not accelerator.is_local_main_process:
         diffusers.utils.logging.disable_progress_bar()
     output_dir = Path(args.output_dir)
-    pipe = DiToDiTPipeline.from_pretrained(args.model).to(accelerator.device)
+    pipe = load_pipeline(args.model).to(accelerator.device)  # a DiToDiTPipeline: parse_args checked the folder
     pipe.set_progress_bar_config(disable=True)  # one bar, below
     resolution = pipe.transformer.config.sample_size * pipe.vae_scale_factor
     id2label = {int(k): v for k, v in (pipe.config.get("id2label") or {}).items()}

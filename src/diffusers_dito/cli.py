@@ -61,37 +61,22 @@ def finite_float(value: str) -> float:
     return number
 
 
-def _load_pipeline(model: str, kind: str):
+def _load_pipeline(model: str, command: str):
+    """The pipeline `command` runs: `reconstruct` gets a DiToPipeline from any saved DiTo folder, `generate` needs a
+    DiToDiTPipeline folder, `info` describes whatever the folder holds."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.utils import logging as diffusers_logging
 
-    from . import AutoencoderDiTo, DiToDiTPipeline, DiToPipeline
-    from .safe_loading import read_model_index
+    from .pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind
 
     diffusers_logging.disable_progress_bar()  # keep stderr for our own one-line errors
-
-    path = Path(model)
-    if not path.is_dir():
-        raise CLIError(f"--model {model}: no such folder (expected a saved DiTo pipeline or model folder)")
-    if (path / "model_index.json").is_file():
-        index = read_model_index(path / "model_index.json")
-        class_name = index.get("_class_name")
-        class_name = class_name[-1] if isinstance(class_name, list) else class_name
-        classes = {"DiToPipeline": DiToPipeline, "DiToDiTPipeline": DiToDiTPipeline}
-        if class_name not in classes:
-            raise CLIError(f"--model {model}: holds a {class_name}, not a DiTo pipeline")
-        if kind == "generate" and class_name != "DiToDiTPipeline":
-            raise CLIError(f"--model {model}: holds a {class_name}; `generate` needs a DiToDiTPipeline folder")
-        pipe = classes[class_name].from_pretrained(path)
-    elif (path / "config.json").is_file():
-        if kind == "generate":
-            raise CLIError(f"--model {model}: holds a bare model; `generate` needs a DiToDiTPipeline folder")
-        pipe = DiToPipeline(vae=AutoencoderDiTo.from_pretrained(path), scheduler=FlowMatchEulerDiscreteScheduler())
-    else:
-        raise CLIError(f"--model {model}: no model_index.json or config.json inside")
-    if kind == "reconstruct" and isinstance(pipe, DiToDiTPipeline):
-        pipe = DiToPipeline(vae=pipe.vae, scheduler=pipe.decoder_scheduler)  # decode as its generations are
+    try:
+        kind = model_kind(model)
+    except ValueError as err:
+        raise CLIError(f"--model {err}") from None
+    if command == "generate" and kind != "DiToDiTPipeline":
+        raise CLIError(f"--model {model}: holds a {kind}; `generate` needs a DiToDiTPipeline folder")
+    pipe = load_reconstruction_pipeline(model) if command == "reconstruct" else load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)  # stderr is for one-line errors, not a bar per image
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 

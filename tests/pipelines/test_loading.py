@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
 from diffusers_dito import (
     DIT_PRESETS,
@@ -17,6 +17,7 @@ from diffusers_dito import (
     DiToDiTTransformer2DModel,
     DiToPipeline,
 )
+from diffusers_dito.pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,3 +180,70 @@ def test_generation_pipeline_saved_before_the_decoder_scheduler_still_loads(tiny
     shutil.rmtree(tmp_path / "pipe" / "decoder_scheduler")
     loaded = DiToDiTPipeline.from_pretrained(tmp_path / "pipe")
     assert type(loaded.decoder_scheduler) is FlowMatchEulerDiscreteScheduler
+
+
+def test_a_missing_variant_raises_the_oserror_diffusers_raises(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_config())
+    reference = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4)  # a stock diffusers model
+    for safe in (True, False):  # plain weights as safetensors, or as pickle: not the variant, so never loaded
+        vae.save_pretrained(tmp_path / f"dito-{safe}", safe_serialization=safe)
+        reference.save_pretrained(tmp_path / f"kl-{safe}", safe_serialization=safe)
+        with pytest.raises(OSError) as ours:
+            AutoencoderDiTo.from_pretrained(tmp_path / f"dito-{safe}", variant="fp16")
+        with pytest.raises(OSError) as theirs:
+            AutoencoderKL.from_pretrained(tmp_path / f"kl-{safe}", variant="fp16", use_safetensors=True)
+        assert "no file named diffusion_pytorch_model.fp16.safetensors" in str(ours.value)
+        assert str(ours.value) == str(theirs.value).replace(f"kl-{safe}", f"dito-{safe}")
+
+    # A pipeline none of whose components has the variant: diffusers' own pipeline error (a ValueError in diffusers).
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(
+        tmp_path / "pipe", safe_serialization=False
+    )
+    with pytest.raises(ValueError, match=r"load the model files of the `variant=fp16`, but no such modeling files"):
+        DiToPipeline.from_pretrained(tmp_path / "pipe", variant="fp16")
+
+
+def test_pickle_weights_of_the_requested_variant_are_refused(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_config())
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=False, variant="fp16")
+    with pytest.raises(ValueError, match=r"pickle weights \(diffusion_pytorch_model.fp16.bin\)"):
+        AutoencoderDiTo.from_pretrained(tmp_path / "vae", variant="fp16")
+    pipe = DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=False, variant="fp16")
+    with pytest.raises(ValueError, match=r"pickle weights \(vae/diffusion_pytorch_model.fp16.bin\)"):
+        DiToPipeline.from_pretrained(tmp_path / "pipe", variant="fp16")
+
+
+def test_one_loader_reads_every_kind_of_saved_folder(tiny_config, tmp_path):
+    pipe = build("dito_dit", tiny_config)
+    pipe.register_modules(decoder_scheduler=FlowMatchHeunDiscreteScheduler(shift=2.0))
+    pipe.save_pretrained(tmp_path / "dit")
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    assert [model_kind(tmp_path / name) for name in ("dit", "vae")] == ["DiToDiTPipeline", "AutoencoderDiTo"]
+    assert type(load_pipeline(tmp_path / "dit")) is DiToDiTPipeline
+    assert type(load_pipeline(tmp_path / "vae")) is DiToPipeline
+    reconstruction = load_reconstruction_pipeline(tmp_path / "dit")  # decodes as the folder's generations are
+    assert type(reconstruction) is DiToPipeline and type(reconstruction.scheduler) is FlowMatchHeunDiscreteScheduler
+    assert reconstruction.scheduler.config.shift == 2.0
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (None, "no such folder"),
+        ({}, "has no model_index.json or config.json"),
+        ({"config.json": '{"_class_name": "AutoencoderKL"}'}, "holds a AutoencoderKL, not an AutoencoderDiTo"),
+        ({"model_index.json": '{"_class_name": "DiTPipeline"}'}, "holds a DiTPipeline, not a DiTo pipeline"),
+        ({"model_index.json": "{not json"}, "model_index.json is not a readable JSON file"),
+    ],
+)
+def test_model_kind_says_what_the_folder_holds_instead(tmp_path, files, message):
+    folder = tmp_path / "model"
+    if files is not None:
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        model_kind(folder)

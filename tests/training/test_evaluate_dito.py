@@ -236,7 +236,7 @@ def test_a_folder_without_a_readable_image_stops_with_a_message(evaluate_dito, m
 
 def test_num_processes_relaunches_only_outside_a_launcher(evaluate_dito, monkeypatch):
     calls = []
-    monkeypatch.setattr(evaluate_dito.subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    monkeypatch.setattr(subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert evaluate_dito.relaunch_with_accelerate(1, "script.py", ["--x"]) is None  # one process: run here
     assert evaluate_dito.relaunch_with_accelerate(2, "script.py", ["--x"]) == 0
@@ -256,7 +256,7 @@ def test_two_cpu_processes_share_the_images_and_match_one_process(evaluate_dito,
     launched = []  # the command `--num_processes 2` re-launches this script with, run for real below
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.delenv("WORLD_SIZE", raising=False)
-        monkeypatch.setattr(evaluate_dito.subprocess, "call", lambda command, env: launched.append(command) or 0)
+        monkeypatch.setattr(subprocess, "call", lambda command, env: launched.append(command) or 0)
         evaluate_dito.relaunch_with_accelerate(2, str(SCRIPT), [*args, *RUN_ARGS, "--num_processes", "2"])
     result = subprocess.run(launched[0], env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -14,15 +14,29 @@ code. Then:
 diffusers records each component by its defining module in the installed package, e.g.
 `["diffusers_dito.models.autoencoder_dito", "AutoencoderDiTo"]` (it looks the loading base classes up in that
 module, so the top-level package name alone would not load). Those module paths are therefore public API.
+
+This module also owns "what is in this model folder": `model_kind` reads it without loading weights, and
+`load_pipeline` / `load_reconstruction_pipeline` load any saved DiTo folder (a `DiToPipeline`, a `DiToDiTPipeline` or
+a bare `AutoencoderDiTo`). The `diffusers-dito` command line and the evaluation scripts all load models through them.
 """
 
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..safe_loading import SafetensorsOnlyMixin
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from ..safe_loading import SafetensorsOnlyMixin, read_json_object
+
+if TYPE_CHECKING:  # the pipelines import this module: at run time they are imported where they are used
+    from .pipeline_dito import DiToPipeline
+    from .pipeline_dito_dit import DiToDiTPipeline
 
 SHIM_MODULE = "pipeline"
+PIPELINE_KINDS = ("DiToPipeline", "DiToDiTPipeline")  # what a model_index.json may name
+MODEL_KIND = "AutoencoderDiTo"  # what a bare model's config.json may name
+EXPECTED = "a saved DiTo pipeline or AutoencoderDiTo"
 
 
 class DiToPipelineLoadingMixin(SafetensorsOnlyMixin):
@@ -81,3 +95,69 @@ class DiToPipelineLoadingMixin(SafetensorsOnlyMixin):
             body = json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, indent=2, default=str)
             sections.append(f"### `{component_name}`: `{type(component).__name__}`\n\n```json\n{body}\n```\n")
         return "\n".join(sections)
+
+
+def model_kind(path: str | os.PathLike) -> str:
+    r"""
+    What a saved DiTo folder holds, read from its `model_index.json` or `config.json` without loading any weights:
+    `"DiToPipeline"`, `"DiToDiTPipeline"` or `"AutoencoderDiTo"`.
+
+    Raises:
+        `ValueError`: The folder is missing, unreadable or holds something else; the message names the folder and
+            what was found.
+
+    Examples:
+        ```py
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from diffusers_dito.pipelines.loading import model_kind
+
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "config.json").write_text('{"_class_name": "AutoencoderDiTo"}')
+        >>> model_kind(folder)
+        'AutoencoderDiTo'
+
+        ```
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such folder, or not a folder (expected {EXPECTED})")
+    for name, kinds, expected in (
+        ("model_index.json", PIPELINE_KINDS, "a DiTo pipeline"),
+        ("config.json", (MODEL_KIND,), f"an {MODEL_KIND}"),
+    ):
+        if (path / name).is_file():
+            class_name = read_json_object(path / name).get("_class_name")
+            class_name = class_name[-1] if isinstance(class_name, list) else class_name  # [SHIM_MODULE, class name]
+            if class_name not in kinds:
+                raise ValueError(f"{path} holds a {class_name}, not {expected}")
+            return class_name
+    raise ValueError(f"{path} has no model_index.json or config.json (expected {EXPECTED})")
+
+
+def load_pipeline(path: str | os.PathLike) -> "DiToPipeline | DiToDiTPipeline":
+    """
+    The pipeline of a saved DiTo folder: a `DiToPipeline` or `DiToDiTPipeline` folder as saved, a bare
+    `AutoencoderDiTo` in a `DiToPipeline` with a default (Euler) scheduler. Raises `model_kind`'s `ValueError` for a
+    folder that holds something else.
+    """
+    from ..models import AutoencoderDiTo
+    from . import DiToDiTPipeline, DiToPipeline
+
+    kind = model_kind(path)
+    if kind == MODEL_KIND:
+        return DiToPipeline(vae=AutoencoderDiTo.from_pretrained(path), scheduler=FlowMatchEulerDiscreteScheduler())
+    return (DiToPipeline if kind == "DiToPipeline" else DiToDiTPipeline).from_pretrained(path)
+
+
+def load_reconstruction_pipeline(path: str | os.PathLike) -> "DiToPipeline":
+    """
+    A `DiToPipeline` from any saved DiTo folder, as `load_pipeline` loads it; from a `DiToDiTPipeline` folder, its
+    `vae` and the `decoder_scheduler` its generations are decoded with (the transformer is not loaded).
+    """
+    from . import DiToDiTPipeline, DiToPipeline
+
+    if model_kind(path) != "DiToDiTPipeline":
+        return load_pipeline(path)
+    generation = DiToDiTPipeline.from_pretrained(path, transformer=None)  # the transformer is not needed
+    return DiToPipeline(vae=generation.vae, scheduler=generation.decoder_scheduler)

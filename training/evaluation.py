@@ -1,0 +1,222 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+"""What the evaluation scripts (`evaluate_dito.py`, `evaluate_generation.py`) share: their common flags, image folders,
+image grids, the metrics' value range, metrics.json, and the re-launch under `accelerate launch` behind
+`--num_processes`.
+
+Models are loaded by `diffusers_dito.pipelines.loading`, as the `diffusers-dito` command line loads them.
+"""
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageOps
+import torch
+
+from .arguments import positive_int
+
+
+# ------------------------------------------------------------------------------------------------------- flags
+def add_shared_arguments(parser: argparse.ArgumentParser, fid: str) -> argparse._ArgumentGroup:
+    """`--num_processes`, then the group of metric weights with `--inception_weights` (for `fid`, "rFID" or "gFID")
+    and `--dinov2_path`; returns the group, for a script's further weights."""
+    parser.add_argument(
+        "--num_processes",
+        type=positive_int,
+        default=None,
+        help="Shard over N processes: re-launches this script with `accelerate launch` (CPU processes without a GPU).",
+    )
+    weights = parser.add_argument_group("weights of the metrics that need them (else skipped, with the reason)")
+    weights.add_argument("--inception_weights", default=None, help=f"{fid}: torch-fidelity's Inception .pth file.")
+    weights.add_argument("--dinov2_path", default=None, help="FD-DINOv2: a local transformers Dinov2Model folder.")
+    return weights
+
+
+# ------------------------------------------------------------------------------------------------------- images
+def list_image_files(folder: str | os.PathLike, max_images: int | None = None) -> list[Path]:
+    r"""
+    Files under `folder` (recursively, hidden ones excluded) whose extension PIL knows, sorted by path; the first
+    `max_images` of them when given. Whether each can be decoded is only found out when it is loaded.
+
+    Examples:
+        ```py
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a.jpg", "notes.txt"):
+        ...     _ = (folder / name).write_bytes(b"")
+        >>> [path.name for path in list_image_files(folder)]
+        ['a.jpg', 'b.png']
+
+        ```
+    """
+    folder = Path(folder)
+    extensions = {extension.lower() for extension in PIL.Image.registered_extensions()}
+    files = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in extensions
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+    return files[:max_images] if max_images is not None else files
+
+
+def load_image(path: str | os.PathLike, resolution: int | None = None) -> PIL.Image.Image | None:
+    r"""
+    An image file as RGB, or `None` when it cannot be decoded. With `resolution`, the largest centred square is
+    cropped and resized to `resolution`² (bicubic); otherwise the size is kept.
+
+    Examples:
+        ```py
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> PIL.Image.new("L", (40, 30)).save(folder / "wide.png")
+        >>> _ = (folder / "broken.png").write_bytes(b"not a png")
+        >>> load_image(folder / "wide.png", resolution=16).size, load_image(folder / "broken.png")
+        ((16, 16), None)
+
+        ```
+    """
+    try:
+        with PIL.Image.open(path) as image:
+            image = image.convert("RGB")  # decodes the whole file: truncated images fail here, not later
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
+        return None
+    if resolution is not None:
+        image = PIL.ImageOps.fit(image, (resolution, resolution), method=PIL.Image.Resampling.BICUBIC)
+    return image
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 `(B, 3, H, W)` -> float in [-1, 1], the range of `diffusers_dito.metrics`."""
+    return images.float() / 127.5 - 1
+
+
+# ------------------------------------------------------------------------------------------------------- grids
+def image_grid(rows: list[list[np.ndarray]]) -> PIL.Image.Image:
+    r"""
+    Rows of `(H, W, 3)` uint8 images on one black canvas. Every cell is as large as the largest image, and each
+    image sits in the top-left corner of its cell.
+
+    Examples:
+        ```py
+        >>> tile = np.zeros((8, 10, 3), dtype=np.uint8)
+        >>> image_grid([[tile, tile, tile], [tile]]).size  # (width, height)
+        (30, 16)
+
+        ```
+    """
+    cell_h = max(image.shape[0] for row in rows for image in row)
+    cell_w = max(image.shape[1] for row in rows for image in row)
+    canvas = np.zeros((len(rows) * cell_h, max(len(row) for row in rows) * cell_w, 3), dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            canvas[r * cell_h : r * cell_h + image.shape[0], c * cell_w : c * cell_w + image.shape[1]] = image
+    return PIL.Image.fromarray(canvas)
+
+
+def labelled_grid(rows: list[list[np.ndarray]], labels: list[str], label_height: int = 26) -> PIL.Image.Image:
+    r"""
+    `image_grid(rows)` under a header that names each column (PIL's built-in font, white on black; up to two lines).
+
+    Examples:
+        ```py
+        >>> tile = np.zeros((8, 10, 3), dtype=np.uint8)
+        >>> labelled_grid([[tile, tile]], ["a", "b"]).size
+        (20, 34)
+
+        ```
+    """
+    grid = image_grid(rows)
+    canvas = PIL.Image.new("RGB", (grid.width, grid.height + label_height))
+    canvas.paste(grid, (0, label_height))
+    draw = PIL.ImageDraw.Draw(canvas)
+    cell_w = grid.width // max(len(row) for row in rows)
+    for c, label in enumerate(labels):
+        draw.text((c * cell_w + 2, 1), label, fill=(255, 255, 255))
+    return canvas
+
+
+# ------------------------------------------------------------------------------------------------------- metrics.json
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no inf or NaN (PSNR of a perfect reconstruction is inf): they are written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None (a metric skipped for some images); None when there are none."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def write_json(path: Path, data: dict) -> None:
+    r"""
+    Write `data` as indented JSON, with every non-finite float (at any depth) as null.
+
+    Examples:
+        ```py
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "metrics.json"
+        >>> write_json(path, {"psnr": float("inf"), "sweep": [{"swd": 0.5}]})
+        >>> json.loads(path.read_text())
+        {'psnr': None, 'sweep': [{'swd': 0.5}]}
+
+        ```
+    """
+
+    def clean(value):
+        if isinstance(value, float):
+            return finite_or_none(value)
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+
+    path.write_text(json.dumps(clean(data), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------- launch
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_num_processes(num_processes: int | None) -> str | None:
+    """Why `--num_processes` conflicts with the launcher this process runs under, or None."""
+    world_size = os.environ.get("WORLD_SIZE")  # set by accelerate launch (several processes) and torchrun
+    if num_processes is not None and world_size is not None and int(world_size) != num_processes:
+        return f"--num_processes {num_processes}, but this process was launched as one of {world_size}"
+    return None
+
+
+def relaunch_with_accelerate(num_processes: int | None, script: str, argv: list[str]) -> int | None:
+    """
+    Re-run `script argv` under `accelerate launch` with `num_processes` processes, unless this process already runs
+    under a launcher or one process is asked for. Without a GPU the processes run on CPU (`ACCELERATE_USE_CPU=1`
+    with `--multi_gpu`, a gloo process group: `--cpu --num_processes N` would silently start one process).
+
+    Returns:
+        The launched command's exit code, or `None` when this process should do the work itself.
+    """
+    if num_processes is None or num_processes == 1 or "WORLD_SIZE" in os.environ:
+        return None
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "1"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        script, *argv,
+    ]  # fmt: skip
+    return subprocess.call(command, env=env)
