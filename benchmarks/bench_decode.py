@@ -4,9 +4,14 @@ Reports, all measured side by side in one run:
 - decode time per image against the number of ODE steps;
 - pipeline overhead: `DiToPipeline(latents=...)` time over N × one raw decoder-UNet forward (target <= 1.05);
 - DiTo decode over an `AutoencoderKL` decode whose decoder has a comparable parameter count;
-- bf16 autocast over fp32, and channels_last over contiguous.
+- bf16 autocast over fp32, and channels_last over contiguous;
+- with `--student FOLDER` (a distilled DiToPipeline or AutoencoderDiTo, `training/distill_dito.py`): the student's
+  decode at its own steps over the AutoencoderKL decode and over the teacher's N-step decodes (N = `--steps`), where
+  the teacher is `--model FOLDER` (a trained DiTo) or the preset.
 
     python benchmarks/bench_decode.py --preset dito-tiny --resolution 64 --steps 1 2 4 8 --json out/decode.json
+    python benchmarks/bench_decode.py --model dito-demo/pipeline --student dito-demo/student --resolution 32 \
+        --batch_size 8 --steps 1 32
 """
 
 import argparse
@@ -18,11 +23,14 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
 from common import interleaved_medians, machine_info, markdown_table, write_json
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
+from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="dito-tiny", choices=sorted(DITO_PRESETS))
+    parser.add_argument("--model", default=None, help="A trained DiTo folder to time instead of the preset.")
+    parser.add_argument("--student", default=None, help="A distilled DiTo folder, timed against the model and KL.")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -39,14 +47,16 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def comparable_kl(decoder_params: int, latent_channels: int) -> AutoencoderKL:
-    """The SD-VAE layout (widths k, 2k, 4k, 4k) with the width whose decoder is closest to `decoder_params`."""
+def comparable_kl(decoder_params: int, latent_channels: int, num_blocks: int = 4) -> AutoencoderKL:
+    """The SD-VAE layout (widths k, 2k, 4k, 4k; `num_blocks` levels, so the same down-sampling factor as the DiTo
+    it is compared with) with the width whose decoder is closest to `decoder_params`."""
 
     def build(k):
+        widths = (k, 2 * k, 4 * k, 4 * k)[:num_blocks]
         return AutoencoderKL(
-            block_out_channels=(k, 2 * k, 4 * k, 4 * k),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=widths,
+            down_block_types=("DownEncoderBlock2D",) * num_blocks,
+            up_block_types=("UpDecoderBlock2D",) * num_blocks,
             latent_channels=latent_channels,
             layers_per_block=2,
             norm_num_groups=math.gcd(32, k),
@@ -62,7 +72,10 @@ def comparable_kl(decoder_params: int, latent_channels: int) -> AutoencoderKL:
 def main(args) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
-    vae = AutoencoderDiTo.from_config(DITO_PRESETS[args.preset]).to(device).eval()
+    if args.model is not None:
+        vae = load_reconstruction_pipeline(args.model).vae.to(device).eval()
+    else:
+        vae = AutoencoderDiTo.from_config(DITO_PRESETS[args.preset]).to(device).eval()
     pipe = DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.set_progress_bar_config(disable=True)
     f, c = vae.downsample_factor, vae.config.latent_channels
@@ -93,7 +106,7 @@ def main(args) -> dict:
         )
 
     # DiTo vs a deterministic AutoencoderKL decoder of comparable size, at the config's default step count.
-    kl = comparable_kl(count(vae.decoder_unet), c).to(device).eval()
+    kl = comparable_kl(count(vae.decoder_unet), c, len(vae.config.block_out_channels)).to(device).eval()
     n_default = args.compare_steps or vae.config.num_inference_steps
 
     def kl_decode():
@@ -130,13 +143,57 @@ def main(args) -> dict:
         {"comparison": "bf16 autocast / fp32", "ratio": cmp["dito_bf16"] / cmp["dito"]},
         {"comparison": "channels_last / contiguous", "ratio": cmp["dito_cl"] / cmp["dito"]},
     ]
-    print(f"\n## bench_decode: {args.preset}, {args.resolution}², batch {args.batch_size}, {machine_info(device)}\n")
+    if args.student is not None:
+        comparisons += student_comparisons(args, vae, kl, z, device)
+    name = args.model or args.preset
+    print(f"\n## bench_decode: {name}, {args.resolution}², batch {args.batch_size}, {machine_info(device)}\n")
     print(markdown_table(rows))
     print()
     print(markdown_table([{k: v for k, v in r.items() if k in ("comparison", "ratio")} for r in comparisons]))
     result = {"args": vars(args), "machine": machine_info(device), "steps": rows, "comparisons": comparisons}
     write_json(args.json, result)
     return result
+
+
+def student_comparisons(args, teacher: AutoencoderDiTo, kl: AutoencoderKL, z: torch.Tensor, device) -> list[dict]:
+    """The distilled student's decode (its own default steps) over the KL decode and over the teacher's N-step
+    decodes, all timed interleaved in one run; `decode_s_per_image` of each is reported too."""
+    student = load_reconstruction_pipeline(args.student).vae.to(device).eval()
+    n_student = student.config.num_inference_steps
+    gen = torch.Generator(device).manual_seed(0)
+
+    def decode(vae, steps):
+        def run():
+            with torch.no_grad():
+                vae.decode(z, num_inference_steps=steps, generator=gen)
+
+        return run
+
+    def kl_decode():
+        with torch.no_grad():
+            kl.decode(z)
+
+    fns = {"kl": kl_decode, "student": decode(student, n_student)}
+    fns.update({f"teacher_{n}": decode(teacher, n) for n in args.steps})
+    times = interleaved_medians(fns, device, args.repeats)
+    rows = [
+        {
+            "comparison": f"student ({n_student} step) / AutoencoderKL decode",
+            "ratio": times["student"] / times["kl"],
+            "student_s_per_image": times["student"] / args.batch_size,
+            "kl_s_per_image": times["kl"] / args.batch_size,
+        }
+    ]
+    for n in args.steps:
+        rows.append(
+            {
+                "comparison": f"student ({n_student} step) / teacher ({n} steps)",
+                "ratio": times["student"] / times[f"teacher_{n}"],
+                "teacher_s_per_image": times[f"teacher_{n}"] / args.batch_size,
+                "expected_ratio": n_student / n,  # 1/N of the teacher's N-step decode
+            }
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -218,9 +218,10 @@ def check_run_arguments(
         parser.error(f"--lr_scheduler {args.lr_scheduler} needs --max_train_steps (where the decay ends).")
     if args.report_to == "wandb" and not is_wandb_available():
         parser.error("--report_to wandb needs `pip install wandb`.")
-    if args.lora_rank > 0 and pretrained is None:
+    lora_rank = getattr(args, "lora_rank", 0)  # scripts without LoRA flags train no adapters
+    if lora_rank > 0 and pretrained is None:
         parser.error(f"--lora_rank adapts a trained model: give it with {pretrained_flag}.")
-    if args.lora_rank > 0 and not lora_target_names(args.lora_target_modules):
+    if lora_rank > 0 and not lora_target_names(args.lora_target_modules):
         parser.error("--lora_target_modules is empty.")
     if args.resume_from_checkpoint not in (None, "latest"):
         if not os.path.isdir(args.resume_from_checkpoint):

@@ -9,13 +9,18 @@ the same photos but share no pixel), trains with `training/train_dito.py`, and e
 
     python training/demo.py --output_dir dito-demo
     python training/demo.py --train_data_dir my_photos/ --eval_data_dir my_held_out/ --output_dir my-run
+    python training/demo.py --distill --output_dir dito-demo   # then distil it into a 1-step decoder
+
+With `--distill` the trained model is then distilled into a 1-step student (`training/distill_dito.py`, recipe
+below, docs/distillation.md) and the student is evaluated on the same held-out crops, from the same noise.
 
 The default recipe (preset, crop size, learning rate and schedule, batch, steps) was chosen by measurement to finish
 within 10 minutes on an idle 2-core CPU; docs/results.md ("Choosing the demo's recipe") has the runs.
 
 Outputs under `--output_dir`: `pipeline/` (the trained DiToPipeline, loadable with `DiToPipeline.from_pretrained`),
 `evaluation/metrics.json`, `evaluation/reconstructions.png` (original | reconstruction | error, enlarged to ≥ 96 px),
-`evaluation/sweep.png` (PSNR and SWD against decoding steps), and `data/` when the bundled photos are used.
+`evaluation/sweep.png` (PSNR and SWD against decoding steps), and `data/` when the bundled photos are used; with
+`--distill` also `student/` (the 1-step DiToPipeline) and `evaluation-student/`.
 """
 
 import argparse
@@ -30,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusers_dito import DITO_PRESETS  # noqa: E402
 from diffusers_dito.sample_data import write_split_crops  # noqa: E402
-from training import evaluate_dito, train_dito  # noqa: E402
+from training import distill_dito, evaluate_dito, train_dito  # noqa: E402
 
 # The recipe, in one place (chosen by the runs in docs/results.md, "Choosing the demo's recipe").
 PRESET = "dito-cpu-f4c4"  # f4c4: an 8×8×4 latent for a 32² crop
@@ -43,6 +48,11 @@ LEARNING_RATE = 2e-3  # 20× the paper's 1e-4: a 3M-parameter model and 1000 ste
 LR_WARMUP_STEPS = 50
 LR_SCHEDULER = "cosine"
 SWEEP_STEPS = [1, 2, 4, 8, 16, 32]
+# The distillation recipe (`--distill`; the runs are in docs/distillation.md).
+DISTILL_PAIRS = 1024  # training crops whose (z, ε) -> teacher decode pairs are cached and reused
+DISTILL_STEPS = 1500
+DISTILL_BATCH_SIZE = 16
+DISTILL_LEARNING_RATE = 1e-3
 
 
 def parse_args(argv=None):
@@ -63,6 +73,13 @@ def parse_args(argv=None):
     parser.add_argument("--eval_steps", type=int, default=None, help="Euler steps (default: the model's own).")
     parser.add_argument("--sweep_steps", type=int, nargs="+", default=SWEEP_STEPS)
     parser.add_argument("--seed", type=int, default=0)
+    distill = parser.add_argument_group("distillation (--distill)")
+    distill.add_argument("--distill", action="store_true", help="Then distil the model into a 1-step decoder.")
+    distill.add_argument("--distill_pairs", type=int, default=DISTILL_PAIRS)
+    distill.add_argument("--distill_steps", type=int, default=DISTILL_STEPS)
+    distill.add_argument("--distill_batch_size", type=int, default=DISTILL_BATCH_SIZE)
+    distill.add_argument("--distill_learning_rate", type=float, default=DISTILL_LEARNING_RATE)
+    distill.add_argument("--teacher_steps", type=int, default=None, help="Default: the model's own steps.")
     return parser.parse_args(argv)
 
 
@@ -133,7 +150,67 @@ def main(args) -> Path:
     print("  evaluation/metrics.json        PSNR, SSIM, SWD, high-frequency ratio, and the steps sweep")
     print("  evaluation/reconstructions.png original | reconstruction | error")
     print("  evaluation/sweep.png           PSNR and SWD against decoding steps")
+    if args.distill:
+        distill(args, pipeline_dir, train_dir, eval_dir, out)
     return out
+
+
+def distill(args, pipeline_dir: Path, train_dir, eval_dir, out: Path) -> dict:
+    """Distil the trained model into a 1-step student, then evaluate it on the held-out crops (same noise)."""
+    start = time.time()
+    student_dir = out / "student"
+    distill_args = [
+        "--teacher_model_name_or_path", str(pipeline_dir),
+        "--train_data_dir", str(train_dir),
+        "--resolution", str(args.resolution),
+        "--train_batch_size", str(args.distill_batch_size),
+        "--max_train_samples", str(args.distill_pairs),
+        "--cache_teacher_targets", "--no-random_flip",
+        "--max_train_steps", str(args.distill_steps),
+        "--learning_rate", str(args.distill_learning_rate),
+        "--lr_warmup_steps", str(min(10, args.distill_steps)),
+        "--lr_scheduler", "cosine",
+        "--checkpointing_steps", str(args.distill_steps),
+        "--checkpoints_total_limit", "1",
+        "--validation_steps", str(args.distill_steps),
+        "--seed", str(args.seed),
+        "--output_dir", str(student_dir),
+    ]  # fmt: skip
+    if args.teacher_steps is not None:
+        distill_args += ["--teacher_steps", str(args.teacher_steps)]
+    distill_dito.main(distill_dito.parse_args(distill_args))
+    distill_seconds = time.time() - start
+    result = evaluate_dito.main(
+        evaluate_dito.parse_args(
+            [
+                "--model",
+                str(student_dir),
+                "--data_dir",
+                str(eval_dir),
+                "--sweep_steps",
+                "1",
+                "2",
+                "--samplers",
+                "euler",
+                "--seed",
+                str(args.seed),
+                "--output_dir",
+                str(out / "evaluation-student"),
+            ]
+        )  # fmt: skip
+    )
+    print(
+        f"\nstudent, held-out, {result['steps']} step: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f}, "
+        f"SWD {result.get('swd', float('nan')):.4f}, "
+        f"high-frequency ratio {result.get('hf_energy_ratio', float('nan')):.2f}"
+    )
+    print(f"distilled in {distill_seconds:.0f} s ({args.distill_steps} steps). Outputs in {out}/:")
+    print(f"  student/                       the 1-step DiToPipeline (DiToPipeline.from_pretrained('{student_dir}'))")
+    print("  evaluation-student/            its metrics.json and reconstructions.png")
+    timing = json.loads((out / "evaluation" / "timing.json").read_text())
+    timing["distill_seconds"] = round(distill_seconds, 1)
+    (out / "evaluation" / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

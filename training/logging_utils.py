@@ -75,7 +75,7 @@ class StepTotals:
     samples: int  # usable samples
     unreadable: int  # samples whose image could not be decoded
     too_small: int  # samples skipped by --small_image_policy skip
-    flag_counts: dict[str, float]  # usable samples with each per-sample flag (noise-synced, class-dropped...)
+    flag_counts: dict[str, float]  # sums over the usable samples of each named per-sample value (a flag: a count)
     bucket_loss_sums: list[float]  # loss sum per flow-time bucket (NUM_T_BUCKETS)
     bucket_samples: list[float]  # usable samples per flow-time bucket
 
@@ -96,17 +96,23 @@ class StepStatistics:
         self.sums = torch.zeros(len(self.FIELDS) + len(self.flag_names) + 2 * NUM_T_BUCKETS, device=device)
         self.start = time.perf_counter()
 
-    def add(self, per_sample_loss: torch.Tensor, t: torch.Tensor, batch: dict, **flags: torch.Tensor) -> None:
-        """One micro-batch: (B,) losses and flow times, the batch's (B,) `valid` and `too_small` masks, and (B,)
-        tensors of the named flags."""
+    def add(self, per_sample_loss: torch.Tensor, t: torch.Tensor | None, batch: dict, **values: torch.Tensor) -> None:
+        """One micro-batch: (B,) losses and flow times (None: no per-time statistics), the batch's (B,) `valid` and
+        `too_small` masks, and the (B,) named per-sample values (flags or loss terms: each is logged as its mean over
+        the usable samples)."""
         per_sample_loss = per_sample_loss.detach()  # (B,)
         valid = batch["valid"].to(device=per_sample_loss.device, dtype=per_sample_loss.dtype)  # (B,)
         too_small = batch["too_small"].to(device=valid.device, dtype=valid.dtype)  # (B,)
-        buckets = (t * NUM_T_BUCKETS).long().clamp(max=NUM_T_BUCKETS - 1)  # (B,)
-        in_bucket = torch.nn.functional.one_hot(buckets, NUM_T_BUCKETS).to(valid.dtype) * valid[:, None]  # (B, K)
         usable_loss = torch.where(valid > 0, per_sample_loss, torch.zeros_like(per_sample_loss))  # (B,)
         fields = [usable_loss.sum(), valid.sum(), (1 - valid - too_small).sum(), too_small.sum()]
-        fields += [(flags[name].to(valid.dtype) * valid).sum() for name in self.flag_names]
+        fields += [
+            torch.where(valid > 0, values[name].detach().to(valid.dtype), 0.0).sum() for name in self.flag_names
+        ]
+        if t is None:
+            in_bucket = torch.zeros(len(valid), NUM_T_BUCKETS, dtype=valid.dtype, device=valid.device)  # (B, K)
+        else:
+            buckets = (t * NUM_T_BUCKETS).long().clamp(max=NUM_T_BUCKETS - 1)  # (B,)
+            in_bucket = torch.nn.functional.one_hot(buckets, NUM_T_BUCKETS).to(valid.dtype) * valid[:, None]
         self.sums += torch.cat([torch.stack(fields), in_bucket.T @ usable_loss, in_bucket.sum(0)])
 
     def reduce(self, accelerator: Accelerator) -> StepTotals:

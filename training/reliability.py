@@ -256,6 +256,12 @@ class RunGuard:
         """Whether SIGTERM reached any rank; the same answer on every rank."""
         return self.stop.agreed(self.accelerator)
 
+    def after_step(self, progress, skipped: bool, max_train_steps: int) -> bool:
+        """`check_step`, then whether to stop after this step's checkpoint because of a SIGTERM (one during the last
+        step changes nothing: the run finishes and saves its final model)."""
+        self.check_step(progress, skipped)
+        return self.stop_requested() and progress.global_step < max_train_steps
+
 
 def resident_memory_bytes() -> int:
     """This process's resident set size (Linux /proc; 0 where there is none)."""

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
 from .checkpointing import NonFiniteWeightsError, TrainingProgress, check_finite_weights
 from .logging_utils import StepTotals
@@ -122,6 +123,23 @@ def optimizer_step(accelerator: Accelerator, optimizer, lr_scheduler, totals: St
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return not finite or accelerator.optimizer_step_was_skipped
+
+
+def progress_bar(schedule: Schedule, progress: TrainingProgress, accelerator: Accelerator) -> tqdm:
+    """The run's one progress bar, from where `progress` stands (local main process only)."""
+    return tqdm(
+        range(schedule.max_train_steps),
+        initial=progress.global_step,
+        desc="Steps",
+        disable=not accelerator.is_local_main_process,
+    )
+
+
+def log_step(accelerator: Accelerator, progress_bar: tqdm, logs: dict, global_step: int) -> None:
+    """A finished step's logs: to the trackers, and its loss and gradient norm to the progress bar."""
+    progress_bar.update(1)
+    progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", grad_norm=f"{logs['grad_norm']:.3f}")
+    accelerator.log(logs, step=global_step)
 
 
 def step_logs(stats, totals: StepTotals, flag_logs: dict, progress: TrainingProgress, lr_scheduler, grad_norm, ema):

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
-from tqdm.auto import tqdm
 
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput, dito_flow_matching_loss
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
@@ -30,7 +29,7 @@ from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, e
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import arguments
+from training import arguments, steps
 from training.checkpointing import (
     ema_weights,
     load_component,
@@ -60,15 +59,6 @@ from training.logging_utils import (
     to_uint8,
 )
 from training.reliability import RunGuard, lock_output_dir, run_script
-from training.steps import (
-    create_optimizer,
-    epoch_batches,
-    finish_training,
-    make_schedule,
-    masked_mean,
-    optimizer_step,
-    step_logs,
-)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -253,7 +243,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
         vae, args, accelerator.device, accelerator.mixed_precision, lora_target_regex(args.lora_target_modules)
     )
 
-    optimizer, lr_scheduler = create_optimizer(trainable, args, accelerator)
+    optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
     objective = DiToTrainingObjective(vae, args.noise_sync_prob)
     objective, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         objective, optimizer, train_dataloader, lr_scheduler
@@ -263,7 +253,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
     # ---- schedule and resume
     dataset_size = None if args.streaming else len(train_dataset)
-    schedule = make_schedule(train_dataloader, dataset_size, args, accelerator)
+    schedule = steps.make_schedule(train_dataloader, dataset_size, args, accelerator)
     progress.run_signature = run_signature(args, accelerator.num_processes, dataset_size, vae.config)
     resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
            allow_changed=args.allow_changed_resume)  # fmt: skip
@@ -288,29 +278,24 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     generator = torch.Generator(device=accelerator.device)  # the loss's noise and times, reseeded every micro-batch
     max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
     stats = StepStatistics(accelerator.device, flag_names=list(FLAG_LOGS))
-    progress_bar = tqdm(
-        range(schedule.max_train_steps),
-        initial=progress.global_step,
-        desc="Steps",
-        disable=not accelerator.is_local_main_process,
-    )
+    progress_bar = steps.progress_bar(schedule, progress, accelerator)
     interrupted = False
     epoch_aware = [train_dataset] + ([sampler] if sampler is not None else [])
     with RunGuard(accelerator, args, progress.nonfinite_streak) as guard:
-        for epoch, batch in epoch_batches(accelerator, train_dataloader, epoch_aware, progress, schedule):
+        for epoch, batch in steps.epoch_batches(accelerator, train_dataloader, epoch_aware, progress, schedule):
             with accelerator.accumulate(objective):
                 # A fresh random stream per (rank, epoch, batch): restored exactly on resume.
                 seed = seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
                 generator.manual_seed(seed)
                 out = DiToLossOutput(**objective(batch["pixel_values"], generator))
-                loss = masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
+                loss = steps.masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
                 accelerator.backward(loss)
                 stats.add(out.per_sample_loss, out.t, batch, noise_synced=out.noise_synced)
 
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
                     totals = stats.reduce(accelerator)  # the same on every rank, so every rank decides alike
-                    skipped = optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
+                    skipped = steps.optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
             progress.batches_in_epoch += 1
             if not accelerator.sync_gradients:
                 continue
@@ -319,14 +304,11 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
             progress.count_step(totals, skipped)
             if ema is not None and not skipped:  # a skipped step leaves the EMA alone too
                 ema.step(trainable)
-            logs = step_logs(stats, totals, FLAG_LOGS, progress, lr_scheduler, grad_norm, ema)
-            progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", grad_norm=f"{logs['grad_norm']:.3f}")
-            accelerator.log(logs, step=progress.global_step)
+            logs = steps.step_logs(stats, totals, FLAG_LOGS, progress, lr_scheduler, grad_norm, ema)
+            steps.log_step(accelerator, progress_bar, logs, progress.global_step)
 
-            guard.check_step(progress, skipped)  # stops the run before this step's checkpoint
-            # A SIGTERM during the last step changes nothing: the run finishes and saves its final model.
-            interrupted = guard.stop_requested() and progress.global_step < schedule.max_train_steps
+            # Checks that stop the run before this step's checkpoint, and a SIGTERM that stops it after.
+            interrupted = guard.after_step(progress, skipped, schedule.max_train_steps)
             if progress.global_step % args.checkpointing_steps == 0 or interrupted:
                 save_checkpoint(
                     accelerator, args.output_dir, args.checkpoints_total_limit, progress.global_step, vae, ema,
@@ -344,7 +326,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
                 break
     progress_bar.close()
 
-    finish_training(
+    steps.finish_training(
         accelerator, args, progress, interrupted, vae, ema, trainable, lambda: save_final_model(vae, args), debug
     )
     return vae

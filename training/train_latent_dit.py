@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from accelerate.logging import get_logger
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
-from tqdm.auto import tqdm
 
 from diffusers_dito import (
     DIT_PRESETS,
@@ -37,7 +36,7 @@ from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, e
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import arguments, latent_cache
+from training import arguments, latent_cache, steps
 from training.checkpointing import (
     ema_weights,
     load_component,
@@ -66,15 +65,6 @@ from training.logging_utils import (
     to_uint8,
 )
 from training.reliability import RunGuard, lock_output_dir, run_script
-from training.steps import (
-    create_optimizer,
-    epoch_batches,
-    finish_training,
-    make_schedule,
-    masked_mean,
-    optimizer_step,
-    step_logs,
-)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -332,7 +322,7 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
     )
     lora = args.lora_rank > 0
 
-    optimizer, lr_scheduler = create_optimizer(trainable, args, accelerator)
+    optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         transformer, optimizer, train_dataloader, lr_scheduler
     )
@@ -340,7 +330,7 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
     progress = register_checkpoint_hooks(accelerator, transformer, "transformer", ema, trainable, lora)
 
     # ---- schedule and resume
-    schedule = make_schedule(train_dataloader, len(train_dataset), args, accelerator)
+    schedule = steps.make_schedule(train_dataloader, len(train_dataset), args, accelerator)
     progress.run_signature = run_signature(args, accelerator.num_processes, len(train_dataset), transformer.config)
     resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
            allow_changed=args.allow_changed_resume)  # fmt: skip
@@ -364,15 +354,11 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
     generator = torch.Generator(device=accelerator.device)  # noise, times and label drops, reseeded every micro-batch
     max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
     stats = StepStatistics(accelerator.device, flag_names=list(FLAG_LOGS))
-    progress_bar = tqdm(
-        range(schedule.max_train_steps),
-        initial=progress.global_step,
-        desc="Steps",
-        disable=not accelerator.is_local_main_process,
-    )
+    progress_bar = steps.progress_bar(schedule, progress, accelerator)
     interrupted = False
+    epoch_aware = [train_dataset, sampler]
     with RunGuard(accelerator, args, progress.nonfinite_streak) as guard:
-        for epoch, batch in epoch_batches(accelerator, train_dataloader, [train_dataset, sampler], progress, schedule):
+        for epoch, batch in steps.epoch_batches(accelerator, train_dataloader, epoch_aware, progress, schedule):
             with accelerator.accumulate(model):
                 # A fresh random stream per (rank, epoch, batch): restored exactly on resume.
                 seed = seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
@@ -381,14 +367,14 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
                 out = latent_flow_matching_loss(
                     model, latents, batch["label"], len(names), args.class_dropout_prob, generator=generator
                 )
-                loss = masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
+                loss = steps.masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
                 accelerator.backward(loss)
                 stats.add(out.per_sample_loss, out.t, batch, dropped=out.dropped)
 
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
                     totals = stats.reduce(accelerator)  # the same on every rank, so every rank decides alike
-                    skipped = optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
+                    skipped = steps.optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
             progress.batches_in_epoch += 1
             if not accelerator.sync_gradients:
                 continue
@@ -397,14 +383,11 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
             progress.count_step(totals, skipped)
             if ema is not None and not skipped:  # a skipped step leaves the EMA alone too
                 ema.step(trainable)
-            logs = step_logs(stats, totals, FLAG_LOGS, progress, lr_scheduler, grad_norm, ema)
-            progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", grad_norm=f"{logs['grad_norm']:.3f}")
-            accelerator.log(logs, step=progress.global_step)
+            logs = steps.step_logs(stats, totals, FLAG_LOGS, progress, lr_scheduler, grad_norm, ema)
+            steps.log_step(accelerator, progress_bar, logs, progress.global_step)
 
-            guard.check_step(progress, skipped)  # stops the run before this step's checkpoint
-            # A SIGTERM during the last step changes nothing: the run finishes and saves its final model.
-            interrupted = guard.stop_requested() and progress.global_step < schedule.max_train_steps
+            # Checks that stop the run before this step's checkpoint, and a SIGTERM that stops it after.
+            interrupted = guard.after_step(progress, skipped, schedule.max_train_steps)
             if progress.global_step % args.checkpointing_steps == 0 or interrupted:
                 save_checkpoint(
                     accelerator, args.output_dir, args.checkpoints_total_limit, progress.global_step, transformer,
@@ -422,7 +405,7 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
                 break
     progress_bar.close()
 
-    finish_training(
+    steps.finish_training(
         accelerator, args, progress, interrupted, transformer, ema, trainable,
         lambda: save_final_model(transformer, vae, names, args), debug,
     )  # fmt: skip

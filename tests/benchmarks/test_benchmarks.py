@@ -210,3 +210,41 @@ def test_choose_decode_defaults_reads_an_evaluate_dito_metrics_json(choose, tmp_
     metrics.write_text(json.dumps({"sweep": []}))
     with pytest.raises(SystemExit, match="no sweep rows"):
         choose.main(choose.parse_args(["--metrics", str(metrics)]))
+
+
+def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
+    import numpy as np
+    import PIL.Image
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from conftest import tiny_dito_config
+    from diffusers_dito import AutoencoderDiTo, DiToPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_dito_config(num_inference_steps=2))
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "teacher")
+    vae.register_to_config(num_inference_steps=1)  # a stand-in student: the same weights, decoding in 1 step
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "student")
+    data = tmp_path / "held_out"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+
+    result = run(
+        "distillation_report.py",
+        "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data),
+        "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--timing_batch_size", "1",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert [(r["model"], r["steps"]) for r in result["rows"]] == [
+        ("teacher", 50), ("teacher", 2), ("teacher", 1), ("student 0", 1)
+    ]  # fmt: skip
+    teacher_one, student = result["rows"][2], result["rows"][3]
+    assert student["psnr"] == teacher_one["psnr"]  # the same weights and steps, from the same noise
+    assert all(finite_positive(r["s_per_image"]) and finite_positive(r["time_over_kl"]) for r in result["rows"])
+    holds = {c["check"]: c["holds"] for c in result["checks"]}
+    assert len(holds) == 6 and holds["PSNR >= teacher default - 0.3 dB"] in (True, False)
+    assert holds["SWD <= 1.05 x teacher default"] is None  # 2 images of 16²: too few for SWD, said so
+    assert PIL.Image.open(tmp_path / "report" / "decodes.png").size[0] > 4 * 16

@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import PIL.Image
+import torch
 from script_helpers import REPO, fresh_accelerate_state, load_script, one_thread  # noqa: F401 (autouse fixtures)
 
 from diffusers_dito import DiToPipeline
 
 
-def test_demo_trains_evaluates_at_the_models_default_steps_and_draws_a_labelled_grid(tmp_path):
+def test_demo_trains_evaluates_at_the_models_default_steps_draws_a_labelled_grid_and_distils(tmp_path):
     demo = load_script(REPO / "training" / "demo.py")
     args = demo.parse_args(
         [
@@ -20,6 +21,8 @@ def test_demo_trains_evaluates_at_the_models_default_steps_and_draws_a_labelled_
             "--train_batch_size", "2",
             "--lr_warmup_steps", "1",
             "--sweep_steps", "1",
+            "--distill", "--distill_steps", "2", "--distill_pairs", "4", "--distill_batch_size", "2",
+            "--teacher_steps", "2",
         ]
     )  # fmt: skip
     assert args.model_preset == demo.PRESET and args.lr_scheduler == demo.LR_SCHEDULER  # the defaults, not toy ones
@@ -34,3 +37,12 @@ def test_demo_trains_evaluates_at_the_models_default_steps_and_draws_a_labelled_
     grid = np.asarray(PIL.Image.open(out / "evaluation" / "reconstructions.png"))
     assert grid.shape[0] >= 8 * 64 and grid.shape[1] >= 3 * 64  # 8 rows of 3 cells, each at least 64 px
     assert sorted(p.name for p in (out / "data" / "held_out").iterdir())[:1] == ["00000_astronaut.png"]
+    # --distill: a 1-step student with the teacher's encoder, evaluated at its own default on the same crops.
+    student = DiToPipeline.from_pretrained(out / "student").vae
+    assert student.config.num_inference_steps == 1
+    assert all(
+        torch.equal(a, b) for a, b in zip(vae.encoder.state_dict().values(), student.encoder.state_dict().values())
+    )
+    student_metrics = json.loads((out / "evaluation-student" / "metrics.json").read_text())
+    assert student_metrics["steps"] == 1 and student_metrics["num_images"] == metrics["num_images"]
+    assert json.loads((out / "evaluation" / "timing.json").read_text())["distill_seconds"] > 0

@@ -78,6 +78,7 @@ class DiToPipelineLoadingMixin(SafetensorsOnlyMixin):
             "A DiTo pipeline (Diffusion Autoencoders are Scalable Image Tokenizers, arXiv 2501.18593), saved by "
             "diffusers-dito.\n",
             f"Training data: {getattr(self, 'training_data', None) or 'not recorded'}.\n",
+            *([f"Distilled from: {self.distilled_from}.\n"] if getattr(self, "distilled_from", None) else []),
             "## Usage\n",
             "```python\n"
             f"from diffusers_dito import {name}\n\n"

@@ -1,0 +1,201 @@
+"""The table and figure of docs/distillation.md: a DiTo teacher and its distilled student(s) on held-out images.
+
+Rows: the teacher at 50 steps, at its default and at 1 step, and each student at its own default. Columns: PSNR,
+SSIM, SWD and high-frequency ratio (`training/evaluate_dito.py`, image i decoded from the noise of seed + i, so every
+row sees the same noise), and the decode time per image with its ratio to an AutoencoderKL decode of comparable
+decoder size, timed interleaved in the same run (`bench_decode.py`'s `--student` comparison). The figure shows
+original | teacher (default) | teacher (1 step) | student (1 step) for the first images. The acceptance checks of
+the distillation issue are printed with their verdicts.
+
+    python training/demo.py --distill --output_dir dito-demo
+    python benchmarks/distillation_report.py --teacher dito-demo/pipeline --student dito-demo/student \
+        --data_dir dito-demo/data/held_out --output_dir docs/results/distillation
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bench_decode
+from common import machine_info, markdown_table, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
+
+from training.evaluation import labelled_grid, list_image_files, load_image, to_float  # noqa: E402
+
+from diffusers_dito.pipelines.loading import load_reconstruction_pipeline  # noqa: E402
+from training import evaluate_dito  # noqa: E402
+
+TEACHER_MANY_STEPS = 50  # the paper's decoding steps
+FIGURE_CELL = 96  # px: smaller images are enlarged to at least this in the figure
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True, help="The teacher's DiToPipeline (or AutoencoderDiTo) folder.")
+    parser.add_argument("--student", required=True, nargs="+", help="Distilled student folder(s).")
+    parser.add_argument("--data_dir", required=True, help="Held-out images.")
+    parser.add_argument("--output_dir", default="distillation-report")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figure_images", type=int, default=8)
+    parser.add_argument("--timing_batch_size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="Also write the result here (default: output_dir/report.json).")
+    return parser.parse_args(argv)
+
+
+def evaluate(model: str, steps: int, args, name: str) -> dict:
+    """evaluate_dito.py's metrics of `model` decoded with `steps` Euler steps (no sweep)."""
+    result = evaluate_dito.main(
+        evaluate_dito.parse_args(
+            [
+                "--model",
+                model,
+                "--data_dir",
+                args.data_dir,
+                "--steps",
+                str(steps),
+                "--skip_sweep",
+                "--seed",
+                str(args.seed),
+                "--output_dir",
+                str(Path(args.output_dir) / name),
+            ]
+        )  # fmt: skip
+    )
+    return {key: result.get(key) for key in ("psnr", "ssim", "swd", "hf_energy_ratio")}
+
+
+def decode_times(args, teacher_default: int, resolution: int) -> dict:
+    """Seconds per image of each student, of the teacher at 1/default/50 steps and of a comparable KL decode."""
+    times = {}
+    for student in args.student:
+        steps = sorted({1, teacher_default, TEACHER_MANY_STEPS})
+        result = bench_decode.main(
+            bench_decode.parse_args(
+                [
+                    "--model",
+                    args.teacher,
+                    "--student",
+                    student,
+                    "--resolution",
+                    str(resolution),
+                    "--batch_size",
+                    str(args.timing_batch_size),
+                    "--steps",
+                    *map(str, steps),
+                    "--repeats",
+                    str(args.repeats),
+                    "--compare_steps",
+                    str(teacher_default),
+                ]
+            )  # fmt: skip
+        )
+        rows = [r for r in result["comparisons"] if r["comparison"].startswith("student")]
+        times[student] = {"student": rows[0]["student_s_per_image"], "kl": rows[0]["kl_s_per_image"]}
+        times["teacher"] = {n: r["teacher_s_per_image"] for n, r in zip(steps, rows[1:])}
+        times["kl"] = rows[0]["kl_s_per_image"]
+    return times
+
+
+@torch.no_grad()
+def figure(args, teacher, students: list, teacher_default: int, path: Path) -> None:
+    """original | teacher (default) | teacher (1 step) | student(s) for the first images, same noise per image."""
+    files = list_image_files(args.data_dir, args.figure_images)
+    images = to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
+    z = teacher.encode(images).latents  # images in [-1, 1]
+
+    def decode(vae, steps):
+        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(images))]
+        return ((vae.decode(z, generator=generators, num_inference_steps=steps).sample + 1) / 2).clamp(0, 1)
+
+    columns = [(images + 1) / 2, decode(teacher, teacher_default), decode(teacher, 1)]
+    columns += [decode(student, student.config.num_inference_steps) for student in students]
+    scale = max(1, FIGURE_CELL // images.shape[-1])  # small crops enlarged, nearest neighbour, by a whole factor
+
+    def to_uint8(x: torch.Tensor) -> np.ndarray:
+        pixels = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
+        return pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+
+    rows = [[to_uint8(column[i]) for column in columns] for i in range(len(images))]
+    labels = ["original", f"teacher ({teacher_default} steps)", "teacher (1 step)"]
+    labels += [f"student ({s.config.num_inference_steps} step)" for s in students]
+    labelled_grid(rows, labels).save(path)
+    print(f"wrote {path}")
+
+
+def verdicts(rows: list[dict], teacher_default: int) -> list[dict]:
+    """The distillation issue's acceptance checks, on the first student; `holds` is None where a metric could not
+    be computed (SWD and the high-frequency ratio need enough images of one size)."""
+    teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
+    teacher_one = next(r for r in rows if r["model"] == "teacher" and r["steps"] == 1)
+    student = next(r for r in rows if r["model"].startswith("student"))
+    checks = [
+        ("PSNR >= teacher default - 0.3 dB", lambda: student["psnr"] >= teacher["psnr"] - 0.3),
+        ("PSNR >= teacher 1 step + 1 dB", lambda: student["psnr"] >= teacher_one["psnr"] + 1.0),
+        ("SWD <= 1.05 x teacher default", lambda: student["swd"] <= 1.05 * teacher["swd"]),
+        ("HF ratio in [0.7, 1.4]", lambda: 0.7 <= student["hf_energy_ratio"] <= 1.4),
+        ("decode <= 1.3 x AutoencoderKL", lambda: student["time_over_kl"] <= 1.3),
+        (f"decode = 1/{teacher_default} of the teacher's ±10%", lambda: abs(student["time_vs_1_over_n"] - 1) <= 0.1),
+    ]
+    results = []
+    for name, check in checks:
+        try:
+            holds = bool(check())
+        except TypeError:  # a metric is None
+            holds = None
+        results.append({"check": name, "holds": holds})
+    return results
+
+
+def main(args) -> dict:
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    teacher = load_reconstruction_pipeline(args.teacher).vae.eval()
+    students = [load_reconstruction_pipeline(s).vae.eval() for s in args.student]
+    teacher_default = int(teacher.config.num_inference_steps)
+
+    rows = []
+    for steps in sorted({TEACHER_MANY_STEPS, teacher_default, 1}, reverse=True):
+        rows.append({"model": "teacher", "steps": steps, **evaluate(args.teacher, steps, args, f"teacher-{steps}")})
+    for k, (folder, student) in enumerate(zip(args.student, students)):
+        steps = int(student.config.num_inference_steps)
+        rows.append({"model": f"student {k}", "steps": steps, **evaluate(folder, steps, args, f"student{k}-{steps}")})
+
+    resolution = load_image(list_image_files(args.data_dir, 1)[0]).size[0]
+    times = decode_times(args, teacher_default, resolution)
+    for row in rows:
+        if row["model"] == "teacher":
+            row["s_per_image"] = times["teacher"][row["steps"]]
+        else:
+            row["s_per_image"] = times[args.student[int(row["model"].split()[1])]]["student"]
+        row["time_over_kl"] = row["s_per_image"] / times["kl"]
+    for row in rows:  # the student's time over 1/N of the teacher's N-step decode (N: the teacher's default)
+        teacher_time = times["teacher"][teacher_default]
+        row["time_vs_1_over_n"] = row["s_per_image"] / (teacher_time * row["steps"] / teacher_default)
+
+    figure(args, teacher, students, teacher_default, output_dir / "decodes.png")
+    checks = verdicts(rows, teacher_default)
+    machine = machine_info(torch.device("cpu"))
+    print(f"\n## distillation: teacher {args.teacher} (default {teacher_default} steps), {machine}\n")
+    print(markdown_table(rows))
+    print()
+    print(markdown_table(checks))
+    result = {
+        "args": vars(args),
+        "machine": machine,
+        "kl_s_per_image": times["kl"],
+        "rows": rows,
+        "checks": checks,
+    }
+    write_json(args.json or str(output_dir / "report.json"), result)
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main(parse_args())
