@@ -83,6 +83,11 @@ def add_data_source_arguments(group) -> None:
     group.add_argument("--cache_dir", type=str, default=None, help="Where datasets and hub models are cached.")
 
 
+def add_streaming_arguments(group) -> None:
+    group.add_argument("--streaming", action="store_true", help="Stream the data instead of preparing it on disk.")
+    group.add_argument("--shuffle_buffer_size", type=positive_int, default=1000, help="Shuffle buffer (streaming).")
+
+
 def add_data_loading_arguments(group, resolution_help: str, flip_help: str) -> None:
     group.add_argument("--max_train_samples", type=positive_int, default=None, help="Use only the first N samples.")
     group.add_argument("--resolution", type=positive_int, default=256, help=resolution_help)

@@ -290,3 +290,27 @@ def load_validation_images(
         extra = f" of at least {resolution}x{resolution} pixels" if small_image_policy == "skip" else ""
         raise BadDataError(f"The dataset holds no readable image{extra} (every file was skipped as unreadable).")
     return torch.stack(images)  # (N, 3, R, R)
+
+
+def image_training_data(args: argparse.Namespace, accelerator) -> tuple:
+    """The data of a script that trains on images (train_dito.py, distill_dito.py): the prepared dataset, the
+    training dataset (map-style, or `--streaming`), its epoch sampler (None when streaming), the data loader of
+    (3, --resolution, --resolution) `pixel_values`, and the fixed validation images (main process; else None)."""
+    with accelerator.main_process_first():  # the main process prepares the datasets cache, the others reuse it
+        hf_dataset = load_hf_dataset(args)
+    validation_images = None
+    if accelerator.is_main_process and args.validation_steps is not None:
+        validation_images = load_validation_images(
+            hf_dataset, args.image_column, args.num_validation_images, args.resolution, args.small_image_policy
+        )
+    dataset_args = (args.image_column, args.resolution, args.random_flip, args.seed)
+    policy = {"small_image_policy": args.small_image_policy}
+    if args.streaming:
+        hf_stream = hf_dataset.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
+        train_dataset, sampler = StreamingImageDataset(hf_stream, *dataset_args, **policy), None
+    else:
+        train_dataset = ImageDataset(hf_dataset, *dataset_args, **policy)
+        sampler = EpochShuffleSampler(len(train_dataset), args.seed)
+    shape = (3, args.resolution, args.resolution)
+    train_dataloader = training_dataloader(train_dataset, sampler, args, key="pixel_values", shape=shape)
+    return train_dataset, sampler, train_dataloader, validation_images

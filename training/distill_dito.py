@@ -49,15 +49,7 @@ from training.checkpointing import (
     run_signature,
     save_checkpoint,
 )
-from training.data import (
-    EpochShuffleSampler,
-    ImageDataset,
-    StreamingImageDataset,
-    load_hf_dataset,
-    load_validation_images,
-    seed_from,
-    training_dataloader,
-)
+from training.data import image_training_data, seed_from
 from training.debug import install_debug_hooks
 from training.logging_utils import (
     StepStatistics,
@@ -81,10 +73,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
     data = parser.add_argument_group("data")
     arguments.add_data_source_arguments(data)
-    data.add_argument("--streaming", action="store_true", help="Stream the data instead of preparing it on disk.")
-    data.add_argument(
-        "--shuffle_buffer_size", type=arguments.positive_int, default=1000, help="Shuffle buffer (streaming)."
-    )
+    arguments.add_streaming_arguments(data)
     arguments.add_data_loading_arguments(
         data, resolution_help="Training crop size.", flip_help="Random horizontal flips (as in train_dito.py)."
     )
@@ -284,23 +273,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     lock_output_dir(args.output_dir, accelerator)  # one run per folder: a second run would overwrite this one's work
 
     # ---- data (as train_dito.py)
-    with accelerator.main_process_first():  # the main process prepares the datasets cache, the others reuse it
-        hf_dataset = load_hf_dataset(args)
-    validation_images = None
-    if accelerator.is_main_process:
-        validation_images = load_validation_images(
-            hf_dataset, args.image_column, args.num_validation_images, args.resolution, args.small_image_policy
-        )
-    dataset_args = (args.image_column, args.resolution, args.random_flip, args.seed)
-    policy = {"small_image_policy": args.small_image_policy}
-    if args.streaming:
-        hf_stream = hf_dataset.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
-        train_dataset, sampler = StreamingImageDataset(hf_stream, *dataset_args, **policy), None
-    else:
-        train_dataset = ImageDataset(hf_dataset, *dataset_args, **policy)
-        sampler = EpochShuffleSampler(len(train_dataset), args.seed)
-    shape = (3, args.resolution, args.resolution)
-    train_dataloader = training_dataloader(train_dataset, sampler, args, key="pixel_values", shape=shape)
+    train_dataset, sampler, train_dataloader, validation_images = image_training_data(args, accelerator)
     debug = install_debug_hooks(args, accelerator, train_dataloader)  # the tests' record and pauses, or None
 
     # ---- the frozen teacher and its student
