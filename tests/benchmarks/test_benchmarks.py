@@ -100,8 +100,9 @@ def test_bench_train(tmp_path):
     )
     for key in ("achieved_gflops", "matmul_peak_gflops", "flops_per_step"):
         assert finite_positive(result[key]), key
-    # The script's step time is the difference of two runs (1 and 2 steps here): on a loaded machine it can come out
-    # negative at this size (it did once in CI while other tests ran), so only its being computed is checked.
+    # The script's step time is the difference of two runs (1 and 2 steps here). The first run also pays one-time
+    # costs (the datasets cache of the image folder), so at this size the difference came out negative in CI, loaded
+    # and idle alike: only its being computed is checked here. At the defaults (5 and 35 steps) it is meaningful.
     for key in ("train_images_per_s", "step_over_raw"):
         assert math.isfinite(result[key]), key
 
