@@ -243,24 +243,17 @@ class RunGuard:
         if exc_type is not None and issubclass(exc_type, self.STOPS):
             self.accelerator.end_training()
 
-    def check_step(self, progress, skipped: bool) -> None:
-        """After a step is counted in `progress`, before its checkpoint: raise if the run must stop, so that the
-        newest checkpoint stays the last good one."""
+    def after_step(self, progress, skipped: bool, max_train_steps: int) -> bool:
+        """After a step is counted in `progress`, before its checkpoint: raise if the run must stop (a non-finite
+        streak, too much unreadable data), so that the newest checkpoint stays the last good one. Then return whether
+        a SIGTERM reached any rank (the same answer on every rank), so the run stops after this step's checkpoint;
+        one during the last step changes nothing: the run finishes and saves its final model."""
         self.streak.update(skipped, progress.global_step, self.output_dir)
         progress.nonfinite_streak = self.streak.count
         check_bad_samples(
             progress.corrupt_images, progress.images_seen, progress.too_small_images, self.max_bad_sample_fraction
         )
-
-    def stop_requested(self) -> bool:
-        """Whether SIGTERM reached any rank; the same answer on every rank."""
-        return self.stop.agreed(self.accelerator)
-
-    def after_step(self, progress, skipped: bool, max_train_steps: int) -> bool:
-        """`check_step`, then whether to stop after this step's checkpoint because of a SIGTERM (one during the last
-        step changes nothing: the run finishes and saves its final model)."""
-        self.check_step(progress, skipped)
-        return self.stop_requested() and progress.global_step < max_train_steps
+        return self.stop.agreed(self.accelerator) and progress.global_step < max_train_steps
 
 
 def resident_memory_bytes() -> int:
