@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -49,6 +50,10 @@ from diffusers_dito.metrics import (
 )
 from diffusers_dito.sample_data import PHOTOS, split_crop_boxes, split_crops
 from diffusers_dito.scheduling import retrieve_flow_match_timesteps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
+
+from training.evaluation import labelled_grid  # noqa: E402
 
 BASE_PRESET = "dito-cpu-f4c4"  # the demo's model
 # Decoder widths (c0, c1, c2) for claim (b), multiples of the preset's 16 GroupNorm groups; "base" is the demo's.
@@ -390,10 +395,9 @@ def figures(runs, sweep, out: Path, args) -> None:
     plt.close(fig)
     originals = to_uint8(split_crops("held_out", 8, args.resolution, seed=1))
     dito, ae = (np.asarray(by_name(runs, n)[0]["examples"], dtype=np.uint8) for n in ("dito", "ae"))
-    grid = np.concatenate([np.concatenate([originals[i], dito[i], ae[i]], 1) for i in range(8)], 0)
-    PIL.Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), PIL.Image.NEAREST).save(
-        out / "claim_a_examples.png"
-    )
+    enlarge = lambda image: image.repeat(3, axis=0).repeat(3, axis=1)  # noqa: E731 (nearest neighbour, 3×)
+    rows = [[enlarge(originals[i]), enlarge(dito[i]), enlarge(ae[i])] for i in range(8)]
+    labelled_grid(rows, ["original", "DiTo", "L2 AE"]).save(out / "claim_a_examples.png")
 
     # (b): metrics against decoder width
     fig, axes = plt.subplots(1, 4, figsize=(12, 3))
