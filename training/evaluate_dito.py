@@ -16,7 +16,8 @@ with accelerate; the main process gathers the results and writes every file.
 docs/evaluation.md describes the outputs and how to reproduce the curves. The image-folder, grid and launch helpers
 are shared with `evaluate_generation.py` (`training/evaluation.py`), the sweep's samplers, rows and plot are in
 `training/decode_sweep.py`, and models load through `diffusers_dito.pipelines.loading`, as in the `diffusers-dito`
-command line.
+command line. With `--update_model_card`, or when `--output_dir` lies in the model folder, the metrics also go into
+the folder's model card (README.md); `--push_to_hub` then uploads the folder.
 """
 
 import argparse
@@ -55,12 +56,15 @@ from training.decode_sweep import (  # noqa: E402
     summarise_point,
 )
 from training.evaluation import (  # noqa: E402
+    add_hub_arguments,
     add_shared_arguments,
+    check_hub_arguments,
     check_num_processes,
     labelled_grid,
     list_image_files,
     load_image,
     mean,
+    publish_metrics,
     relaunch_with_accelerate,
     to_float,
     write_json,
@@ -147,6 +151,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     )
     weights = add_shared_arguments(parser, fid="rFID")
     weights.add_argument("--lpips_backbone", default=None, help="LPIPS: torchvision's alexnet-owt-7be5be79.pth.")
+    add_hub_arguments(parser)
 
     args = parser.parse_args(input_args)
     try:
@@ -161,7 +166,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--error_gain must be > 0, got {args.error_gain}.")
     if not args.skip_sweep and importlib.util.find_spec("matplotlib") is None:
         parser.error("the sweep plot needs matplotlib: pip install matplotlib (or pass --skip_sweep).")
-    conflict = check_num_processes(args.num_processes)
+    conflict = check_num_processes(args.num_processes) or check_hub_arguments(args)
     if conflict:
         parser.error(conflict)
     args.sweep_steps = sorted(set(args.sweep_steps))
@@ -326,6 +331,8 @@ def main(args: argparse.Namespace) -> dict:
         logger.info(f"PSNR {result['psnr']:.2f} dB over {len(shared)} images; wrote {output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if accelerator.is_main_process:  # after the other processes are done: a failed push stops this one only
+        publish_metrics(args, output_dir, result)
     return result
 
 

@@ -1,7 +1,7 @@
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
 """What the evaluation scripts (`evaluate_dito.py`, `evaluate_generation.py`) share: their common flags, image folders,
-image grids, the metrics' value range, metrics.json, and the re-launch under `accelerate launch` behind
-`--num_processes`.
+image grids, the metrics' value range, metrics.json, the model card and `--push_to_hub`, and the re-launch under
+`accelerate launch` behind `--num_processes`.
 
 Models are loaded by `diffusers_dito.pipelines.loading`, as the `diffusers-dito` command line loads them.
 """
@@ -15,11 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageOps
 import torch
+
+from diffusers_dito.hub import push_folder_to_hub
+from diffusers_dito.pipelines.loading import update_model_card
 
 from .arguments import positive_int
 
@@ -182,6 +186,47 @@ def write_json(path: Path, data: dict) -> None:
         return value
 
     path.write_text(json.dumps(clean(data), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------- model card
+def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--update_model_card`, then `--push_to_hub`, `--hub_model_id` and `--hub_token` as diffusers' example scripts
+    name them."""
+    group = parser.add_argument_group("model card and Hub")
+    group.add_argument(
+        "--update_model_card",
+        action="store_true",
+        help="Write the metrics into the model folder's README.md (done anyway when --output_dir is in that folder).",
+    )
+    group.add_argument(
+        "--push_to_hub", action="store_true", help="Then upload the model folder, card included, to the Hub."
+    )
+    group.add_argument("--hub_model_id", default=None, help="The repository (default: the model folder's name).")
+    group.add_argument("--hub_token", default=None, help="A Hub token (default: the one of `hf auth login`).")
+
+
+def check_hub_arguments(args: argparse.Namespace) -> str | None:
+    """Why `--push_to_hub` cannot work (offline mode), or None: checked before a long evaluation, not after it."""
+    if args.push_to_hub and huggingface_hub.is_offline_mode():
+        return "--push_to_hub needs the network, but HF_HUB_OFFLINE is set: unset it, or leave out --push_to_hub"
+    return None
+
+
+def publish_metrics(args: argparse.Namespace, output_dir: Path, metrics: dict) -> None:
+    """
+    Writes `metrics` into the model card of the evaluated folder `args.model` when metrics.json lies in that folder
+    (`output_dir` is the folder or inside it: the numbers then travel with it), or with `--update_model_card` or
+    `--push_to_hub`; then uploads the folder with `--push_to_hub`. A failed upload stops with a one-line message (the
+    metrics are already written).
+    """
+    folder, output_dir = Path(args.model).resolve(), Path(output_dir).resolve()
+    if args.update_model_card or args.push_to_hub or output_dir == folder or folder in output_dir.parents:
+        update_model_card(folder, metrics)
+    if args.push_to_hub:
+        try:
+            push_folder_to_hub(folder, args.hub_model_id or folder.name, token=args.hub_token)
+        except (OSError, ValueError) as err:  # huggingface_hub's HTTP, offline and repo-name errors
+            raise SystemExit(f"error: could not push {folder} to the Hub: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------------------- launch

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+from huggingface_hub.errors import OfflineModeIsEnabled
 
 from diffusers_dito import (
     DIT_PRESETS,
@@ -16,8 +19,9 @@ from diffusers_dito import (
     DiToDiTPipeline,
     DiToDiTTransformer2DModel,
     DiToPipeline,
+    hub,
 )
-from diffusers_dito.pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind
+from diffusers_dito.pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind, update_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -247,3 +251,110 @@ def test_model_kind_says_what_the_folder_holds_instead(tmp_path, files, message)
             (folder / name).write_text(text)
     with pytest.raises(ValueError, match=message):
         model_kind(folder)
+
+
+METRICS = {  # the keys of evaluate_dito.py's metrics.json that the model card shows
+    "data_dir": "/data/val",
+    "num_images": 4,
+    "resolution": 32,
+    "steps": 2,
+    "sampler": "euler",
+    "psnr": 20.5,
+    "ssim": 0.5,
+    "swd": 0.25,
+    "hf_energy_ratio": 0.9,
+}
+
+
+def table_rows(card: str) -> list[str]:
+    return [line for line in card.splitlines() if line.startswith("| `")]
+
+
+def test_update_model_card_keeps_one_row_per_data_and_steps_and_the_rest_of_the_card(saved):
+    _, _, folder = saved
+    path = folder / "README.md"
+    original = path.read_text()
+    assert "Not evaluated yet" in original and not table_rows(original)
+    update_model_card(folder, METRICS)
+    first = path.read_text()
+    assert table_rows(first) == ["| `val` (4 images, 32 px) | 2 euler | 20.50 | 0.5000 | 0.2500 | 0.900 |"]
+    assert "Not evaluated yet" not in first
+    update_model_card(folder, METRICS)
+    assert path.read_text() == first  # the same metrics again change nothing
+    update_model_card(folder, {**METRICS, "psnr": 21.0})  # the same data and steps: the row is replaced
+    update_model_card(folder, {**METRICS, "steps": 4, "swd": None})  # other steps: a second row; a skipped metric
+    card = path.read_text()
+    assert table_rows(card) == [
+        "| `val` (4 images, 32 px) | 2 euler | 21.00 | 0.5000 | 0.2500 | 0.900 |",
+        "| `val` (4 images, 32 px) | 4 euler | 20.50 | 0.5000 | n/a | 0.900 |",
+    ]
+    start, end = original.index("<!-- diffusers-dito evaluation -->"), original.index("## Components")
+    assert card.startswith(original[:start]) and card.endswith(original[end:])
+
+
+def test_update_model_card_adds_a_section_to_an_older_card_and_a_card_to_a_bare_model(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    pipe = DiToPipeline(vae=AutoencoderDiTo(**tiny_config()), scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.save_pretrained(tmp_path / "pipe")
+    older = "---\nlibrary_name: diffusers\n---\n\n# DiToPipeline\n\n## Components\n\nconfigs\n"  # no evaluation yet
+    (tmp_path / "pipe" / "README.md").write_text(older)
+    card = update_model_card(tmp_path / "pipe", METRICS).read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n---\n\n# DiToPipeline\n\n<!-- diffusers-dito evaluation")
+    assert card.endswith("<!-- /diffusers-dito evaluation -->\n\n## Components\n\nconfigs\n")
+    assert len(table_rows(card)) == 1
+
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    assert not (tmp_path / "vae" / "README.md").exists()
+    card = update_model_card(tmp_path / "vae", METRICS).read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n") and "# AutoencoderDiTo" in card
+    assert len(table_rows(card)) == 1
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """huggingface_hub's `create_repo` and `upload_folder` where `diffusers_dito.hub` calls them: the calls are
+    recorded, with the uploaded folder's files and card at the time of the upload, and nothing reaches the network."""
+    calls = []
+
+    def create_repo(repo_id, token=None, private=None, exist_ok=False):
+        calls.append({"created": repo_id, "token": token, "exist_ok": exist_ok})
+        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"user/{repo_id}")
+
+    def upload_folder(*, repo_id, folder_path, path_in_repo, token, commit_message, create_pr):
+        folder = Path(folder_path)
+        files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
+        calls.append({"uploaded": repo_id, "files": files, "card": card, "token": token})
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(hub, "create_repo", create_repo)
+    monkeypatch.setattr(hub, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub_uploads_the_folder_once_complete(saved, fake_hub, tmp_path):
+    kind, pipe, _ = saved
+    # files that diffusers' own save_pretrained(push_to_hub=True) would upload before they are written
+    complete = {"model_index.json", "pipeline.py", "README.md", "vae/autoencoder_dito.py", "vae/dito_auto_model.py"}
+    pipe.save_pretrained(tmp_path / "my-dito", push_to_hub=True, token="secret")
+    created, uploaded = fake_hub
+    assert created == {"created": "my-dito", "token": "secret", "exist_ok": True}  # as in diffusers: the folder name
+    assert uploaded["uploaded"] == "user/my-dito" and uploaded["token"] == "secret"
+    assert complete <= uploaded["files"] and "vae/diffusion_pytorch_model.safetensors" in uploaded["files"]
+    assert "<!-- diffusers-dito evaluation -->" in uploaded["card"]  # this package's card
+
+    fake_hub.clear()
+    assert pipe.push_to_hub("org/dito") == "https://huggingface.co/org/dito/commit/0"
+    assert complete <= fake_hub[1]["files"] and "<!-- diffusers-dito evaluation -->" in fake_hub[1]["card"]
+
+    fake_hub.clear()
+    pipe.vae.save_pretrained(tmp_path / "vae", push_to_hub=True, repo_id="org/vae")
+    assert fake_hub[1]["uploaded"] == "org/vae" and "autoencoder_dito.py" in fake_hub[1]["files"]
+
+
+def test_push_to_hub_offline_raises_huggingface_hubs_error_after_saving(saved, tmp_path, monkeypatch):
+    _, pipe, _ = saved
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OfflineModeIsEnabled, match="offline mode is enabled"):
+        pipe.save_pretrained(tmp_path / "my-dito", push_to_hub=True)
+    assert (tmp_path / "my-dito" / "vae" / "autoencoder_dito.py").exists()  # the local folder is complete

@@ -4,9 +4,13 @@ import csv
 import doctest
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub
 import numpy as np
 import PIL.Image
 import pytest
@@ -15,7 +19,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from script_helpers import load_script, one_thread, reset_accelerate  # noqa: F401
 
 from conftest import tiny_dito_config
-from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
+from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline, hub
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "evaluate_dito.py"
@@ -272,6 +276,83 @@ def test_two_cpu_processes_share_the_images_and_match_one_process(evaluate_dito,
         assert float(row["psnr"]) == pytest.approx(float(reference["psnr"]), abs=0.05)
     assert [r["nfe"] for r in metrics["sweep"]] == [r["nfe"] for r in run[1]["sweep"]]
     assert metrics["swd"] == pytest.approx(run[1]["swd"], rel=0.05)
+
+
+def evaluate(evaluate_dito, args: list[str]) -> dict:
+    try:
+        return evaluate_dito.main(evaluate_dito.parse_args([*args, "--steps", "1", "--skip_sweep"]))
+    finally:
+        reset_accelerate()
+
+
+METRIC_SPECS = (".2f", ".4f", ".4f", ".3f")  # the card's PSNR, SSIM, SWD and high-frequency ratio
+
+
+def card_rows(folder: Path) -> list[str]:
+    return [line for line in (folder / "README.md").read_text().splitlines() if line.startswith("| `")]
+
+
+def test_metrics_written_inside_the_model_folder_go_into_its_card(evaluate_dito, run, image_dir, model_dirs, tmp_path):
+    assert card_rows(model_dirs / "pipeline") == []  # `run` wrote its metrics.json outside the folder, without a flag
+    folder = Path(shutil.copytree(model_dirs / "pipeline", tmp_path / "pipeline"))
+    result = evaluate(
+        evaluate_dito, ["--model", str(folder), "--data_dir", str(image_dir), "--output_dir", str(folder / "eval")]
+    )
+    values = [f"{result[name]:{spec}}" for name, spec in zip(("psnr", "ssim", "swd", "hf_energy_ratio"), METRIC_SPECS)]
+    assert card_rows(folder) == [f"| `{image_dir.name}` (4 images) | 1 euler | {' | '.join(values)} |"]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """The Hub calls of `diffusers_dito.hub`, recorded with the folder as uploaded; online as far as they can tell."""
+    calls = []
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # for the check in parse_args
+
+    def upload_folder(*, repo_id, folder_path, token, **kwargs):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        calls.append({"repo_id": repo_id, "token": token, "files": files, "card": card_rows(Path(folder_path))})
+
+    monkeypatch.setattr(hub, "create_repo", lambda repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(hub, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub_writes_the_card_then_uploads_the_model_folder(
+    evaluate_dito, image_dir, model_dirs, fake_hub, tmp_path
+):
+    folder = Path(shutil.copytree(model_dirs / "vae", tmp_path / "vae"))  # a bare model: it has no card yet
+    args = ["--model", str(folder), "--data_dir", str(image_dir), "--output_dir", str(tmp_path / "out")]
+    evaluate(evaluate_dito, [*args, "--push_to_hub", "--hub_model_id", "org/dito-vae", "--hub_token", "secret"])
+    (upload,) = fake_hub
+    assert upload["repo_id"] == "org/dito-vae" and upload["token"] == "secret"
+    uploaded = set(upload["files"])
+    assert {"README.md", "config.json", "autoencoder_dito.py", "diffusion_pytorch_model.safetensors"} <= uploaded
+    assert upload["card"] == card_rows(folder) and len(upload["card"]) == 1
+
+
+def test_a_failed_push_stops_with_one_line_after_the_card_is_written(
+    evaluate_dito, image_dir, model_dirs, tmp_path, monkeypatch
+):
+    folder = Path(shutil.copytree(model_dirs / "vae", tmp_path / "vae"))
+    args = ["--model", str(folder), "--data_dir", str(image_dir), "--output_dir", str(tmp_path / "out")]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    args = evaluate_dito.parse_args([*args, "--push_to_hub", "--steps", "1", "--skip_sweep"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the network goes away meanwhile
+    try:
+        with pytest.raises(SystemExit, match="could not push .* offline mode is enabled"):
+            evaluate_dito.main(args)
+    finally:
+        reset_accelerate()
+    assert len(card_rows(folder)) == 1 and (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_push_to_hub_offline_stops_before_evaluating_with_one_line(image_dir, model_dirs, tmp_path):
+    command = [sys.executable, str(SCRIPT), "--model", str(model_dirs / "vae"), "--data_dir", str(image_dir)]
+    command += ["--output_dir", str(tmp_path / "out"), "--push_to_hub"]
+    result = subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--push_to_hub needs the network, but HF_HUB_OFFLINE is set" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
 
 
 def test_docstring_examples_run(evaluate_dito):

@@ -21,6 +21,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..hub import RemoteCodeMixin
 from ..safe_loading import SafetensorsOnlyMixin
 from ..scheduling import retrieve_flow_match_timesteps
 from .group_norm_sync import GroupNormStatistics
@@ -100,7 +101,9 @@ def check_generators(generator, batch_size: int) -> None:
         raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images.")
 
 
-class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin):
+class AutoencoderDiTo(
+    SafetensorsOnlyMixin, RemoteCodeMixin, ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin
+):
     r"""
     A DiTo diffusion autoencoder: an SD-VAE-style convolutional encoder whose layer-normalised output is decoded by
     a flow-matching diffusion UNet conditioned on the nearest-upsampled latent.
@@ -110,7 +113,8 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
 
     This model inherits from [`ModelMixin`]; check the superclass documentation for the generic methods (loading,
     saving, device placement). Its `encode`/`decode` follow [`AutoencoderKL`], so it works as `vae=` in stock
-    diffusers pipelines.
+    diffusers pipelines. `save_pretrained` also writes the model's code and an `auto_map` into the folder
+    ([`~hub.RemoteCodeMixin`]), so `diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True)` loads it.
 
     Args:
         in_channels (`int`, *optional*, defaults to 3): Number of channels of the input image.
@@ -245,8 +249,9 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
         return 2 ** (len(self.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ validation
-    def check_images(self, x: torch.Tensor) -> None:
-        """Raise a `TypeError`/`ValueError` stating the expected shape unless `x` is a valid `encode` input."""
+    def check_images(self, x: torch.Tensor, finite: bool = True) -> None:
+        """Raise a `TypeError`/`ValueError` stating the expected shape unless `x` is a valid `encode` input; with
+        `finite`, also unless every value is finite (a check that waits for the device)."""
         f, c = self.downsample_factor, self.config.in_channels
         expected = f"a 4-D floating-point tensor of shape (batch, {c}, H, W) with H and W positive multiples of {f}"
         if not isinstance(x, torch.Tensor):
@@ -255,7 +260,8 @@ class AutoencoderDiTo(SafetensorsOnlyMixin, ModelMixin, AutoencoderMixin, Config
             raise ValueError(f"Expected {expected}, got shape {tuple(x.shape)} and dtype {x.dtype}.")
         if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0 or x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"Expected {expected}, got shape {tuple(x.shape)}.")
-        check_finite(x, "The image tensor")
+        if finite:
+            check_finite(x, "The image tensor")
 
     def check_latents(self, z: torch.Tensor) -> None:
         """Raise a `TypeError`/`ValueError` stating the expected shape unless `z` is a valid `decode` input."""

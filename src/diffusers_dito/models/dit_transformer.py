@@ -11,13 +11,15 @@ from diffusers.models.embeddings import LabelEmbedding
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from torch import nn
 
+from ..hub import RemoteCodeMixin
 from ..safe_loading import SafetensorsOnlyMixin
 
 
-class DiToDiTTransformer2DModel(SafetensorsOnlyMixin, DiTTransformer2DModel, PeftAdapterMixin):
+class DiToDiTTransformer2DModel(SafetensorsOnlyMixin, RemoteCodeMixin, DiTTransformer2DModel, PeftAdapterMixin):
     r"""
     The stock [`DiTTransformer2DModel`] plus [`PeftAdapterMixin`] (the stock class has no `add_adapter`), used by
-    [`DiToDiTPipeline`]. Nothing else changes: same config, same weights layout, same forward.
+    [`DiToDiTPipeline`]. Nothing else changes: same config, same weights layout, same forward. `save_pretrained` also
+    writes the model's code and an `auto_map` ([`~hub.RemoteCodeMixin`]) for `diffusers.AutoModel`.
 
     For flow matching it is built with `out_channels == in_channels` (it predicts the velocity ε − z, not a learned
     variance) and is given the timestep as σ·1000, diffusers' flow-match convention. The class-label table has
