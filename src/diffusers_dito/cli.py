@@ -1,4 +1,4 @@
-"""The `diffusers-dito` command line: reconstruct, generate, info.
+"""The `diffusers-dito` command line: reconstruct, generate, info, app.
 
 Errors the user can fix (a missing path, an unreadable image, a class label out of range, ...) are printed as one
 line on stderr with exit code 2, never as a traceback.
@@ -7,6 +7,7 @@ Examples:
     diffusers-dito reconstruct --model my-dito photo.jpg other.png --out recon/ --steps 25 --seed 0
     diffusers-dito generate --model my-dito-dit --class-labels 1 7 --guidance-scale 2.0 --out samples/
     diffusers-dito info --model my-dito --resolution 256
+    diffusers-dito app --model dito-demo        # a web app on http://127.0.0.1:7860 (pip install -e ".[app]")
 """
 
 import argparse
@@ -17,6 +18,7 @@ from pathlib import Path
 
 MAX_STEPS = 1000  # ODE steps: far past any quality gain (docs/benchmarks.md), and a bound on run time and memory
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
+APP_MAX_MEGAPIXELS = 1.0  # the web app refuses larger uploads: on a CPU, 32 steps at 1 MP already take minutes
 
 
 class CLIError(Exception):
@@ -193,6 +195,21 @@ def _info(args) -> None:
     print(json.dumps(info, indent=2, default=str))
 
 
+def _app(args) -> None:
+    import importlib.util
+
+    from .app import launch, resolve_model_folders
+
+    if args.max_megapixels <= 0:
+        raise CLIError(f"--max-megapixels must be > 0, got {args.max_megapixels}")
+    model, student = resolve_model_folders(args.model, args.student)  # a missing model: says how to train one
+    if importlib.util.find_spec("gradio") is None:
+        raise CLIError('the web app needs Gradio: pip install -e ".[app]"')
+    pipe = _load_pipeline(str(model), "reconstruct")
+    student = _load_pipeline(str(student), "reconstruct") if student is not None else None
+    launch(pipe, student, host=args.host, port=args.port, max_megapixels=args.max_megapixels)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="diffusers-dito", description="DiTo diffusion autoencoders.")
     verbs = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--resolution", type=int, default=256, help="Image side for the latent shape.")
     p.set_defaults(func=_info)
+
+    p = verbs.add_parser("app", help="A web app: upload an image, compare its reconstruction (needs the [app] extra).")
+    p.add_argument("--model", default="dito-demo", help="Saved DiTo folder, or training/demo.py's --output_dir.")
+    p.add_argument("--student", default=None, help="A distilled student (default: a student/ next to the model).")
+    p.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: loopback only).")
+    p.add_argument("--port", type=_bounded_int(1, 65535, "65535"), default=7860)
+    p.add_argument("--max-megapixels", type=finite_float, default=APP_MAX_MEGAPIXELS, help="Refused above.")
+    p.set_defaults(func=_app)
 
     return parser
 
