@@ -47,26 +47,27 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def sd_vae_layout_kl(width: int, latent_channels: int, num_blocks: int = 4) -> AutoencoderKL:
+    """An `AutoencoderKL` in the SD-VAE layout: widths (k, 2k, 4k, 4k), 2 ResNets per level, `num_blocks` levels
+    (the down-sampling factor is 2 ** (num_blocks - 1)). Width 128 with 4 latent channels is the SD-VAE itself."""
+    return AutoencoderKL(
+        block_out_channels=(width, 2 * width, 4 * width, 4 * width)[:num_blocks],
+        down_block_types=("DownEncoderBlock2D",) * num_blocks,
+        up_block_types=("UpDecoderBlock2D",) * num_blocks,
+        latent_channels=latent_channels,
+        layers_per_block=2,
+        norm_num_groups=math.gcd(32, width),
+    )
+
+
 def comparable_kl(decoder_params: int, latent_channels: int, num_blocks: int = 4) -> AutoencoderKL:
-    """The SD-VAE layout (widths k, 2k, 4k, 4k; `num_blocks` levels, so the same down-sampling factor as the DiTo
-    it is compared with) with the width whose decoder is closest to `decoder_params`."""
-
-    def build(k):
-        widths = (k, 2 * k, 4 * k, 4 * k)[:num_blocks]
-        return AutoencoderKL(
-            block_out_channels=widths,
-            down_block_types=("DownEncoderBlock2D",) * num_blocks,
-            up_block_types=("UpDecoderBlock2D",) * num_blocks,
-            latent_channels=latent_channels,
-            layers_per_block=2,
-            norm_num_groups=math.gcd(32, k),
-        )
-
+    """The SD-VAE layout (`num_blocks` levels, so the same down-sampling factor as the DiTo it is compared with) with
+    the width whose decoder is closest to `decoder_params`."""
     widths = [8 * i for i in range(1, 33)]
     with torch.device("meta"):
-        sizes = {k: count(build(k).decoder) for k in widths}
+        sizes = {k: count(sd_vae_layout_kl(k, latent_channels, num_blocks).decoder) for k in widths}
     best = min(widths, key=lambda k: abs(sizes[k] - decoder_params))
-    return build(best)
+    return sd_vae_layout_kl(best, latent_channels, num_blocks)
 
 
 def main(args) -> dict:

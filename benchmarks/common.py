@@ -5,6 +5,7 @@ and reports ratios of medians. Absolute times are printed for context only.
 """
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def sync(device: torch.device) -> None:
@@ -36,9 +38,52 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.devi
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn` as `torch.utils.flop_counter` counts them: matrix products and convolutions, forward
+    and backward. Element-wise work (norms, activations, the optimizer) is not counted, as usual for MFU."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5, inner: int = 10) -> float:
+    """Dense matmul FLOP/s of this device in `dtype`: the best of `repeats` timings of `inner` back-to-back
+    size x size products. The best rather than the median, since it stands for what the hardware can do."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty_like(a)
+    for _ in range(inner):  # warm-up: kernel selection, and GPU clocks ramping up
+        torch.matmul(a, b, out=out)
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.matmul(a, b, out=out)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * inner / best
+
+
+def cpu_description() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family and model (which tell e.g. Zen 3 from Zen 4 where the name
+    is just "AMD EPYC") and whether it has bf16 instructions, which decide whether bf16 autocast pays."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    bf16 = "bf16 instructions" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "no bf16 instructions"
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other ISA"
+    name = fields.get("model name", platform.machine())
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}; {isa}, {bf16})"
+
+
 def machine_info(device: torch.device) -> dict:
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
-    info["processor"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    info["processor"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     return info
 
 

@@ -34,6 +34,8 @@ from diffusers.training_utils import EMAModel, cast_training_params
 from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
 
+from .performance import memory_format
+
 logger = get_logger(__name__, log_level="INFO")
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_adapter writes
@@ -380,7 +382,7 @@ def setup_trained_weights(
         add_lora(model, args.lora_rank, args.lora_alpha, lora_target_regex)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    model.to(device)
+    model.to(device, memory_format=memory_format(args))  # --channels_last: NHWC conv weights
     if lora:
         cast_frozen_weights(model, mixed_precision)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -41,6 +41,7 @@ class DebugRecorder(GeneralTracker):
         self.rss_bytes: list[int] = []  # resident memory after each step
         self.images = 0  # trained samples of the logged steps
         self.flag_sums: dict[str, float] = {}  # `*_fraction` log key -> flagged samples
+        self.step_logs: list[dict[str, float]] = []  # each logged step's values, e.g. the terms of the loss
 
     @property
     def tracker(self):
@@ -51,6 +52,7 @@ class DebugRecorder(GeneralTracker):
             return
         self.rss_bytes.append(resident_memory_bytes())
         self.images += values["images"]
+        self.step_logs.append({key: float(value) for key, value in values.items()})
         for key, value in values.items():
             if key.endswith("_fraction"):
                 self.flag_sums[key] = self.flag_sums.get(key, 0.0) + value * values["images"]
@@ -89,6 +91,7 @@ class DebugRecorder(GeneralTracker):
             "weights_sha256": weights_digest(model),
             "interrupted": interrupted,
             "rss_bytes": self.rss_bytes,
+            "step_logs": self.step_logs,
         }
         os.makedirs(self.dump_dir, exist_ok=True)
         with open(os.path.join(self.dump_dir, f"rank{accelerator.process_index}.json"), "w") as f:

@@ -73,6 +73,10 @@ def parse_args(argv=None):
     parser.add_argument("--eval_steps", type=int, default=None, help="Euler steps (default: the model's own).")
     parser.add_argument("--sweep_steps", type=int, nargs="+", default=SWEEP_STEPS)
     parser.add_argument("--seed", type=int, default=0)
+    perceptual = parser.add_argument_group("DiTo+LPIPS (train_dito.py's flags, passed on)")
+    perceptual.add_argument("--lpips_weight", type=float, default=0.0, help="Paper: 0.5. Default 0: plain DiTo.")
+    perceptual.add_argument("--lpips_backbone", default=None, help="torchvision's vgg16/alexnet checkpoint file.")
+    perceptual.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex"])
     distill = parser.add_argument_group("distillation (--distill)")
     distill.add_argument("--distill", action="store_true", help="Then distil the model into a 1-step decoder.")
     distill.add_argument("--distill_pairs", type=int, default=DISTILL_PAIRS)
@@ -81,6 +85,13 @@ def parse_args(argv=None):
     distill.add_argument("--distill_learning_rate", type=float, default=DISTILL_LEARNING_RATE)
     distill.add_argument("--teacher_steps", type=int, default=None, help="Default: the model's own steps.")
     return parser.parse_args(argv)
+
+
+def lpips_arguments(args) -> list[str]:
+    if args.lpips_weight == 0:
+        return []
+    backbone = ["--lpips_backbone", args.lpips_backbone] if args.lpips_backbone else []
+    return ["--lpips_weight", str(args.lpips_weight), "--lpips_net", args.lpips_net, *backbone]
 
 
 def main(args) -> Path:
@@ -115,6 +126,7 @@ def main(args) -> Path:
                 "--validation_steps", str(args.max_train_steps),
                 "--seed", str(args.seed),
                 "--output_dir", str(pipeline_dir),
+                *lpips_arguments(args),
             ]
         )
     )  # fmt: skip

@@ -39,7 +39,7 @@ from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, e
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import arguments, steps
+from training import arguments, performance, steps
 from training.checkpointing import (
     create_ema,
     ema_weights,
@@ -59,6 +59,7 @@ from training.logging_utils import (
     save_validation_grid,
     to_uint8,
 )
+from training.performance import add_performance_arguments
 from training.reliability import RunGuard, lock_output_dir, run_script
 
 logger = get_logger(__name__, log_level="INFO")
@@ -123,6 +124,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--num_validation_images", type=arguments.positive_int, default=4, help="The first N dataset images."
     )
     arguments.add_tracker_arguments(val, project_name="distill_dito")
+    add_performance_arguments(parser)
     arguments.add_debug_arguments(parser)
 
     args = parser.parse_args(input_args)
@@ -278,14 +280,14 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
     # ---- the frozen teacher and its student
     teacher = load_component(AutoencoderDiTo, args.teacher_model_name_or_path, "vae", args.cache_dir)
-    teacher.requires_grad_(False).eval().to(accelerator.device)
+    teacher.requires_grad_(False).eval().to(accelerator.device, memory_format=performance.memory_format(args))
     if args.resolution % teacher.downsample_factor:
         raise ValueError(f"--resolution {args.resolution} is not divisible by {teacher.downsample_factor}.")
     teacher_steps = args.teacher_steps or teacher.config.num_inference_steps
     if teacher_steps <= args.student_steps:
         raise ValueError(f"--teacher_steps {teacher_steps} must be more than --student_steps {args.student_steps}.")
     cache = TeacherTargetCache(teacher, teacher_steps, args.seed) if args.cache_teacher_targets else None
-    student = build_student(args).to(accelerator.device)
+    student = build_student(args).to(accelerator.device, memory_format=performance.memory_format(args))
     # The EMA covers every weight: the frozen encoder's shadow is copied, not averaged, so it stays bit-identical.
     weights = list(student.parameters())
     trainable = [p for p in weights if p.requires_grad]  # the decoder's

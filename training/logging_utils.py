@@ -15,6 +15,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from . import performance
+
 logger = get_logger(__name__, log_level="INFO")
 
 NUM_T_BUCKETS = 4  # the loss is also logged per quarter of flow time t, where the task gets hard (t -> 1)
@@ -28,7 +30,11 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=output_dir / args.logging_dir),
+        dynamo_plugin=performance.dynamo_plugin(args),  # --torch_compile: prepare() compiles the model
     )
+    if getattr(args, "allow_tf32", False):
+        performance.set_tf32(True)
+    performance.warn_if_slow_precision(accelerator, logger)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     if not accelerator.is_local_main_process:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .checkpointing import NonFiniteWeightsError, TrainingProgress, check_finite_weights
 from .logging_utils import StepTotals
+from .performance import optimizer_kwargs
 from .reliability import EXIT_CODE_SIGTERM, BadDataError, release_output_dir
 
 logger = get_logger(__name__, log_level="INFO")
@@ -45,6 +46,7 @@ def create_optimizer(trainable: list[torch.nn.Parameter], args: argparse.Namespa
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
+        **optimizer_kwargs(getattr(args, "optimizer_implementation", "auto"), trainable),
     )
     # accelerate steps the scheduler once per process per optimizer step, hence the factor.
     name = getattr(args, "lr_scheduler", "constant")

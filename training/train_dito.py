@@ -24,12 +24,14 @@ import torch
 from accelerate.logging import get_logger
 
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput, dito_flow_matching_loss
-from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
+from diffusers_dito.cli import OneLineArgumentParser, finite_float  # one-line usage errors, exit code 2
+from diffusers_dito.metrics import LPIPS_BACKBONE_ENV, MissingWeightsError, load_lpips, lpips_backbone_file
+from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES
 
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import arguments, steps
+from training import arguments, performance, steps
 from training.checkpointing import (
     ema_weights,
     load_component,
@@ -50,11 +52,13 @@ from training.logging_utils import (
     save_validation_grid,
     to_uint8,
 )
+from training.performance import add_performance_arguments
 from training.reliability import RunGuard, lock_output_dir, run_script
 
 logger = get_logger(__name__, log_level="INFO")
 
 FLAG_LOGS = {"noise_synced": "noise_sync_fraction"}  # per-sample flag of the loss -> logged fraction
+LPIPS_LOGS = {"flow_loss": "flow_loss", "lpips_loss": "lpips_loss"}  # the two terms of DiTo+LPIPS -> logged means
 
 
 # ----------------------------------------------------------------------------------------------------------- args
@@ -90,6 +94,24 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--noise_sync_prob", type=float, default=0.1, help="Noise synchronisation p (paper: 0.1).")
     model.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
 
+    perceptual = parser.add_argument_group("DiTo+LPIPS (the paper's best-rFID variant)")
+    perceptual.add_argument(
+        "--lpips_weight",
+        type=finite_float,
+        default=0.0,
+        help="Weight of LPIPS on the one-step estimate x_t - t*v (paper: 0.5; 0: the plain DiTo loss, bit for bit).",
+    )
+    perceptual.add_argument(
+        "--lpips_backbone",
+        type=str,
+        default=None,
+        help=f"torchvision's ImageNet checkpoint for LPIPS (vgg16-397923af.pth or alexnet-owt-7be5be79.pth); "
+        f"default ${LPIPS_BACKBONE_ENV}, then torch's hub cache. Nothing is downloaded.",
+    )
+    perceptual.add_argument(
+        "--lpips_net", type=str, default="vgg", choices=["vgg", "alex"], help="LPIPS backbone (taming's: vgg)."
+    )
+
     arguments.add_optimisation_arguments(
         parser,
         "optimisation (paper defaults: AdamW, lr 1e-4, betas 0.9/0.999, wd 0.01)",
@@ -119,6 +141,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         target_modules="conv1,conv2,time_emb_proj",
         target_help="Comma-separated module names inside vae.decoder_unet.",
     )
+    add_performance_arguments(parser)
     arguments.add_debug_arguments(parser)
 
     args = parser.parse_args(input_args)
@@ -131,6 +154,19 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     arguments.check_data_source(args, parser)
     if not 0.0 <= args.noise_sync_prob <= 1.0:
         parser.error(f"--noise_sync_prob must be in [0, 1], got {args.noise_sync_prob}.")
+    if not args.lpips_weight >= 0:
+        parser.error(f"--lpips_weight must be >= 0, got {args.lpips_weight}.")
+    if args.lpips_weight > 0:
+        if args.resolution < 32:
+            parser.error(f"--lpips_weight needs --resolution >= 32 (LPIPS' smallest input), got {args.resolution}.")
+        try:  # found now, not after the data and model are loaded
+            lpips_backbone_file(args.lpips_backbone, args.lpips_net)
+        except MissingWeightsError:
+            where = f"--lpips_backbone {args.lpips_backbone} is not a file" if args.lpips_backbone else "none given"
+            parser.error(
+                f"--lpips_weight {args.lpips_weight} needs torchvision's {LPIPS_BACKBONE_FILES[args.lpips_net]} "
+                f"({where}): pass --lpips_backbone PATH or set ${LPIPS_BACKBONE_ENV}; nothing is downloaded."
+            )
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no known length).")
     arguments.check_run_arguments(args, parser, "--pretrained_model_name_or_path", args.pretrained_model_name_or_path)
@@ -153,12 +189,28 @@ class DiToTrainingObjective(torch.nn.Module):
     """`dito_flow_matching_loss` as a module's forward: DistributedDataParallel syncs gradients only for computations
     run through the wrapped module's `forward`, and the loss calls `vae.encode`/`vae.predict_velocity` directly."""
 
-    def __init__(self, vae: AutoencoderDiTo, noise_sync_prob: float):
+    def __init__(
+        self,
+        vae: AutoencoderDiTo,
+        noise_sync_prob: float,
+        lpips_model=None,
+        lpips_weight: float = 0.0,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
         super().__init__()
         self.vae, self.noise_sync_prob = vae, noise_sync_prob
+        self.lpips_model, self.lpips_weight = lpips_model, lpips_weight  # frozen: not in the optimizer or checkpoints
+        self.memory_format = memory_format  # of each batch, the same as the weights' (--channels_last)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        out = dito_flow_matching_loss(self.vae, images, noise_sync_prob=self.noise_sync_prob, generator=generator)
+        out = dito_flow_matching_loss(
+            self.vae,
+            images.contiguous(memory_format=self.memory_format),
+            noise_sync_prob=self.noise_sync_prob,
+            generator=generator,
+            lpips_model=self.lpips_model,
+            lpips_weight=self.lpips_weight,
+        )
         return dict(out)  # a plain dict survives accelerate's fp32 output conversion; rebuilt by the caller
 
 
@@ -217,7 +269,10 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     )
 
     optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
-    objective = DiToTrainingObjective(vae, args.noise_sync_prob)
+    lpips_model = load_lpips(args.lpips_backbone, args.lpips_net) if args.lpips_weight > 0 else None
+    objective = DiToTrainingObjective(
+        vae, args.noise_sync_prob, lpips_model, args.lpips_weight, performance.memory_format(args)
+    )
     objective, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         objective, optimizer, train_dataloader, lr_scheduler
     )
@@ -250,7 +305,8 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     # ---- train: the step, top to bottom
     generator = torch.Generator(device=accelerator.device)  # the loss's noise and times, reseeded every micro-batch
     max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
-    stats = StepStatistics(accelerator.device, flag_names=list(FLAG_LOGS))
+    logged = FLAG_LOGS | (LPIPS_LOGS if args.lpips_weight > 0 else {})
+    stats = StepStatistics(accelerator.device, flag_names=list(logged))
     progress_bar = steps.progress_bar(schedule, progress, accelerator)
     interrupted = False
     epoch_aware = [train_dataset] + ([sampler] if sampler is not None else [])
@@ -263,7 +319,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
                 out = DiToLossOutput(**objective(batch["pixel_values"], generator))
                 loss = steps.masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
                 accelerator.backward(loss)
-                stats.add(out.per_sample_loss, out.t, batch, noise_synced=out.noise_synced)
+                stats.add(out.per_sample_loss, out.t, batch, **{name: out[name] for name in logged})
 
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
@@ -277,7 +333,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
             progress.count_step(totals, skipped)
             if ema is not None and not skipped:  # a skipped step leaves the EMA alone too
                 ema.step(trainable)
-            logs = steps.step_logs(stats, totals, FLAG_LOGS, progress, lr_scheduler, grad_norm, ema)
+            logs = steps.step_logs(stats, totals, logged, progress, lr_scheduler, grad_norm, ema)
             steps.log_step(accelerator, progress_bar, logs, progress.global_step)
 
             # Checks that stop the run before this step's checkpoint, and a SIGTERM that stops it after.

@@ -64,6 +64,7 @@ from training.logging_utils import (
     save_validation_grid,
     to_uint8,
 )
+from training.performance import add_performance_arguments
 from training.reliability import RunGuard, lock_output_dir, run_script
 
 logger = get_logger(__name__, log_level="INFO")
@@ -137,6 +138,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         target_modules="to_q,to_k,to_v,to_out.0",
         target_help="Comma-separated module names inside the transformer blocks.",
     )
+    add_performance_arguments(parser)
     arguments.add_debug_arguments(parser)
 
     args = parser.parse_args(input_args)

@@ -1,5 +1,6 @@
 """DiTo's training objective: one flow-matching L2 loss, with optional noise synchronisation."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,9 @@ class DiToLossOutput(BaseOutput):
         t (`torch.Tensor` of shape `(B,)`): The decoder's flow time of each sample, in [0, 1].
         tau (`torch.Tensor` of shape `(B,)`): The latent's noise level; 0 where noise sync was not applied.
         noise_synced (`torch.Tensor` of shape `(B,)`, bool): Which samples got a noised latent.
+        flow_loss (`torch.Tensor` of shape `(B,)`): The flow-matching term of `per_sample_loss`.
+        lpips_loss (`torch.Tensor` of shape `(B,)`): LPIPS of the one-step estimate x̂ = x_t − t·v against x
+            (unweighted); zeros when no LPIPS model is given.
     """
 
     loss: torch.Tensor
@@ -27,6 +31,8 @@ class DiToLossOutput(BaseOutput):
     t: torch.Tensor
     tau: torch.Tensor
     noise_synced: torch.Tensor
+    flow_loss: torch.Tensor
+    lpips_loss: torch.Tensor
 
 
 def dito_flow_matching_loss(
@@ -34,6 +40,8 @@ def dito_flow_matching_loss(
     images: torch.Tensor,
     noise_sync_prob: float = 0.0,
     generator: torch.Generator | None = None,
+    lpips_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    lpips_weight: float = 0.0,
 ) -> DiToLossOutput:
     r"""
     The DiTo objective (paper Sec. 3), trained jointly through encoder and decoder:
@@ -44,6 +52,8 @@ def dito_flow_matching_loss(
        Otherwise τ = 0 and t ~ U[0, 1].
     3. x_t = (1 − t)·x + t·ε.
     4. L = ‖D(x_t, t, z) − (ε − x)‖², averaged per sample, then over the batch.
+    5. Optionally (the paper's DiTo+LPIPS variant), + `lpips_weight` · LPIPS(x̂, x) with x̂ = x_t − t·D(x_t, t, z),
+       the model's one-step guess of x (exact when D predicts ε − x).
 
     The target ε − x is the velocity that diffusers' flow-match schedulers step with (x_{t'} = x_t + (t' − t)·v),
     so a stock `FlowMatchEulerDiscreteScheduler` decodes the trained model.
@@ -53,6 +63,10 @@ def dito_flow_matching_loss(
         images (`torch.Tensor` of shape `(B, 3, H, W)`): Training images in [-1, 1].
         noise_sync_prob (`float`, *optional*, defaults to 0.0): Probability p of noise synchronisation (paper: 0.1).
         generator (`torch.Generator`, *optional*): Source of all randomness here, for reproducible steps.
+        lpips_model (`Callable`, *optional*): (B, 3, H, W) × (B, 3, H, W) in [-1, 1] -> (B,) perceptual distance,
+            differentiable in its first argument, e.g. [`~metrics.load_lpips`]. Required when `lpips_weight > 0`.
+        lpips_weight (`float`, *optional*, defaults to 0.0): Weight of the LPIPS term (paper: 0.5). At 0 the loss
+            is computed exactly as without it.
 
     Returns:
         [`DiToLossOutput`].
@@ -71,9 +85,14 @@ def dito_flow_matching_loss(
     """
     if not 0.0 <= noise_sync_prob <= 1.0:
         raise ValueError(f"`noise_sync_prob` must be in [0, 1], got {noise_sync_prob}.")
+    if lpips_weight < 0 or (lpips_weight > 0 and lpips_model is None):
+        raise ValueError(f"`lpips_weight` must be >= 0 and needs `lpips_model`, got {lpips_weight} and {lpips_model}.")
     batch_size, device = images.shape[0], images.device
 
-    z = vae.encode(images).latents  # (B, C, h, w)
+    # `encode` minus its two finiteness checks: each waits for the device every step and splits a torch.compile
+    # graph, and training handles non-finite values itself (the step is skipped). Shapes are still checked.
+    vae.check_images(images, finite=False)
+    z = vae._encode(images)  # (B, C, h, w)
     uniform = torch.rand(3, batch_size, generator=generator, device=generator.device if generator else device)
     uniform = uniform.to(device=device, dtype=torch.float32)  # (3, B): sync coin, τ, t
     noise_synced = uniform[0] < noise_sync_prob  # (B,)
@@ -90,9 +109,20 @@ def dito_flow_matching_loss(
     target = noise - images
 
     pred = vae.predict_velocity(noisy, t * 1000.0, vae.upsample_latents(z))  # timestep as σ·1000
-    per_sample_loss = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    flow_loss = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    per_sample_loss, lpips_loss = flow_loss, torch.zeros_like(flow_loss)
+    if lpips_weight > 0:  # skipped at 0, so that the loss stays bit-identical to the plain objective
+        estimate = noisy.float() - t.view(-1, 1, 1, 1) * pred.float()  # (B, 3, H, W): x̂ = x_t − t·v
+        lpips_loss = lpips_model(estimate, images.float()).float()  # (B,)
+        per_sample_loss = flow_loss + lpips_weight * lpips_loss
     return DiToLossOutput(
-        loss=per_sample_loss.mean(), per_sample_loss=per_sample_loss, t=t, tau=tau, noise_synced=noise_synced
+        loss=per_sample_loss.mean(),
+        per_sample_loss=per_sample_loss,
+        t=t,
+        tau=tau,
+        noise_synced=noise_synced,
+        flow_loss=flow_loss,
+        lpips_loss=lpips_loss,
     )
 
 

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,9 +78,9 @@ def test_bench_tiling(tmp_path):
 
 def test_bench_memory(tmp_path):
     result = run(
-        "bench_memory.py", "--resolutions", "16", "32", "--tile_size", "16", "--tile_overlap", "8", tmp_path=tmp_path
+        "bench_memory.py", "--resolutions", "32", "--tile_size", "16", "--tile_overlap", "8", tmp_path=tmp_path
     )
-    assert [row["resolution"] for row in result["rows"]] == [16, 32]
+    assert [row["resolution"] for row in result["rows"]] == [32]
     assert all(row["decode_tiled_peak_mib"] >= 0 for row in result["rows"])
 
 
@@ -96,10 +97,20 @@ def test_bench_train(tmp_path):
         "2",
         "--matmul_size",
         "128",
+        # dynamo's eager backend: the compile variant's code path without inductor's minutes of C++ compilation.
+        "--variants", "fp32", "bf16_autocast", "compile",
+        "--compile_backend", "eager",
+        "--profile",
         tmp_path=tmp_path,
-    )
-    for key in ("achieved_gflops", "matmul_peak_gflops", "flops_per_step"):
+    )  # fmt: skip
+    for key in ("achieved_gflops", "matmul_peak_gflops", "bf16_matmul_peak_gflops", "flops_per_step"):
         assert finite_positive(result[key]), key
+    variants = {row["variant"]: row for row in result["variants"]}
+    assert list(variants) == ["fp32", "bf16_autocast", "compile"] and variants["fp32"]["time_vs_fp32"] == 1.0
+    assert all(finite_positive(row["step_s"]) for row in variants.values())
+    assert finite_positive(variants["compile"]["compile_s"])
+    kinds = {row["kind"]: row["fraction_of_step"] for row in result["profile"]}
+    assert "convolution" in kinds and sum(kinds.values()) == pytest.approx(1.0)
     # The script's step time is the difference of two runs (1 and 2 steps here). The first run also pays one-time
     # costs (the datasets cache of the image folder), so at this size the difference came out negative in CI, loaded
     # and idle alike: only its being computed is checked here. At the defaults (5 and 35 steps) it is meaningful.
@@ -131,21 +142,25 @@ def test_reproduction_script_runs_tiny_with_seeds_and_verdicts(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- choose_decode_defaults.py
-@pytest.fixture(scope="module")
-def choose():
-    """The script as a module; it imports `common` as it does when run from benchmarks/."""
-    had_common = "common" in sys.modules
+def load_benchmark(script: str, siblings: tuple[str, ...] = ("common",)):
+    """A benchmark script as a module; it imports its `siblings` from benchmarks/ as it does when run from there."""
+    had = {name for name in siblings if name in sys.modules}
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        path = BENCHMARKS / "choose_decode_defaults.py"
+        path = BENCHMARKS / script
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCHMARKS))
-        if not had_common:
-            sys.modules.pop("common", None)  # another folder's `common` must not find this one
+        for name in set(siblings) - had:
+            sys.modules.pop(name, None)  # another folder's `common` must not find this one
     return module
+
+
+@pytest.fixture(scope="module")
+def choose():
+    return load_benchmark("choose_decode_defaults.py")
 
 
 def sweep_row(sampler: str, shift: float, steps: int, psnr: float, swd: float | None) -> dict:
@@ -253,3 +268,84 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
     assert len(holds) == 6 and holds["PSNR >= teacher default - 0.3 dB"] in (True, False)
     assert holds["SWD <= 1.05 x teacher default"] is None  # 2 images of 16²: too few for SWD, said so
     assert PIL.Image.open(tmp_path / "report" / "decodes.png").size[0] > 4 * 16
+
+
+# ------------------------------------------------------------------------------------------------------ gpu_check.py
+GPU_CHECK_SECTIONS = ["correctness", "matmul_peak", "train_dito_b", "train_dito_xl", "decode", "train_dito_b_compiled"]
+
+
+def test_gpu_check_dry_run_writes_every_section(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--dry_run", "--output_dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert {"torch", "cuda", "cudnn", "processor", "diffusers"} <= set(report["environment"])
+    sections = report["sections"]
+    assert list(sections) == GPU_CHECK_SECTIONS and report["all_ok"] is True
+    assert all(s["status"] == "ok" and s["error"] is None and s["rows"] for s in sections.values())
+
+    checks = sections["correctness"]["rows"]
+    assert [row["passed"] for row in checks] == [True, True, True, True, None]  # no peak-memory counter on CPU
+    assert "bf16" in checks[0]["check"] and "fp16 autocast + GradScaler" in checks[1]["check"]
+    assert all(row["value"] < 1 for row in checks[:2])  # the fixed-noise loss fell
+    assert [row["value"] for row in checks[2:4]] == [0, 0]  # same seed, same bits
+
+    variants = [row["variant"] for name in ("train_dito_b", "train_dito_b_compiled") for row in sections[name]["rows"]]
+    assert variants == ["eager", "+ channels_last", "+ fused AdamW", "+ torch.compile"]
+    training = sections["train_dito_b"]["rows"] + sections["train_dito_b_compiled"]["rows"]
+    training += sections["train_dito_xl"]["rows"]
+    for row in training:
+        assert all(finite_positive(row[key]) for key in ("images_per_s", "tflops_per_s", "mfu", "batch_size"))
+        assert row["peak_memory_gib"] is None and math.isfinite(row["last_loss"])
+    assert sections["train_dito_b_compiled"]["rows"][0]["graph_breaks"] == 0  # encoder and decoder trace whole
+
+    decode = sections["decode"]["rows"]
+    assert [row["steps"] for row in decode] == [None, 1, 2] and decode[0]["time_over_kl"] == 1
+    assert all(finite_positive(row["images_per_s"]) for row in decode)
+
+    markdown = (out / "gpu_check.md").read_text()
+    assert "Dry run" in markdown and markdown.count("\n|---") == len(GPU_CHECK_SECTIONS)
+    assert all(f"(`{name}`): ok" in markdown for name in GPU_CHECK_SECTIONS)
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return load_benchmark("gpu_check.py", siblings=("common", "bench_decode"))
+
+
+def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(gpu_check, tmp_path, monkeypatch):
+    def fails(ctx, add_row):
+        add_row({"row": "before the error"})
+        raise RuntimeError("boom")
+
+    def hangs(ctx, add_row):
+        add_row({"row": "before the alarm"})
+        while True:
+            time.sleep(0.01)
+
+    monkeypatch.setitem(gpu_check.SECTIONS, "correctness", gpu_check.Section(fails, "Correctness", 50))
+    monkeypatch.setitem(gpu_check.SECTIONS, "matmul_peak", gpu_check.Section(hangs, "bf16 matmul peak", 10))
+    argv = ["--dry_run", "--output_dir", str(tmp_path), "--sections", "correctness", "matmul_peak", "decode"]
+    argv += ["--matmul_peak_budget_s", "5.5", "--time_budget_s", "8"]  # after the alarm, too little is left
+    threads = gpu_check.torch.get_num_threads()
+    try:
+        report = gpu_check.main(gpu_check.parse_args(argv))
+    finally:
+        gpu_check.torch.set_num_threads(threads)  # the dry run's one thread must not outlive it
+
+    sections = report["sections"]
+    assert [sections[name]["status"] for name in sections] == ["failed", "timeout", "skipped"]
+    assert "RuntimeError: boom" in sections["correctness"]["error"]
+    assert "--matmul_peak_budget_s" in sections["matmul_peak"]["error"] and 5 < sections["matmul_peak"]["seconds"] < 8
+    assert sections["correctness"]["rows"] == [{"row": "before the error"}]  # what a section measured is kept
+    assert sections["matmul_peak"]["rows"] == [{"row": "before the alarm"}]
+    assert report["all_ok"] is False
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(report, default=str))
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    assert "RuntimeError: boom" in markdown and ": timeout" in markdown and ": skipped" in markdown

@@ -5,6 +5,7 @@ Test modules import the fixtures by name, which activates them there.
 """
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,19 @@ def load_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def cpu_launch_env(tmp_path: Path) -> dict:
+    """The environment of an `accelerate launch` of 2 CPU processes (a gloo group, also on a machine with a GPU),
+    offline, one thread each, ignoring any accelerate config of this machine."""
+    return {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def reset_accelerate() -> None:

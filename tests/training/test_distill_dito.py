@@ -1,6 +1,5 @@
 """Tests of training/distill_dito.py: distilling a tiny trained DiTo into a 1-step student, mostly in-process."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
-from script_helpers import fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
+from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 from test_train_dito import _free_port, read_dump, vae_weights
 
 from diffusers_dito import AutoencoderDiTo, DiToPipeline
@@ -187,14 +186,7 @@ def test_arguments_are_checked_at_start_up(distill_dito, teacher_dir, image_dir,
 
 
 def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = cpu_launch_env(tmp_path)
     dump = tmp_path / "dump"
     command = [
         sys.executable, "-m", "accelerate.commands.launch",

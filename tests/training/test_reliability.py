@@ -1,6 +1,7 @@
 """Reliability of the training scripts (docs/reliability.md): bad data, non-finite steps, atomic checkpoints, exact
 resume after SIGTERM and SIGKILL. Tiny DiTo runs on 32-px folders, in-process except where a process must die."""
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -27,10 +28,10 @@ from script_helpers import (  # noqa: F401 (autouse fixtures, active by being in
     one_thread,
     reset_accelerate,
 )
-from test_train_dito import SCRIPT, read_dump, run_args, vae_weights, write_images
+from test_train_dito import SCRIPT, config_path, read_dump, run_args, train_dito, vae_weights, write_images  # noqa: F401
 
 from conftest import tiny_dito_config
-from diffusers_dito import AutoencoderDiTo, DiToLossOutput, DiToPipeline
+from diffusers_dito import AutoencoderDiTo, DiToPipeline
 from training import checkpointing, data, reliability
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,18 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def load_training_script(name: str):
     return load_script(REPO / "training" / f"{name}.py")
-
-
-@pytest.fixture(scope="module")
-def train_dito():
-    return load_training_script("train_dito")
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "config.json"
-    path.write_text(json.dumps(tiny_dito_config()))
-    return path
 
 
 def checkpoint_steps(out: Path, complete: bool = True) -> list[int]:
@@ -167,12 +156,12 @@ def test_a_streak_of_non_finite_steps_stops_the_run_without_touching_weights_or_
     calls = []
     original = train_dito.dito_flow_matching_loss
 
-    def nan_from_third_call(vae, images, noise_sync_prob=0.0, generator=None):
-        out = original(vae, images, noise_sync_prob=noise_sync_prob, generator=generator)
+    def nan_from_third_call(vae, images, **kwargs):
+        out = original(vae, images, **kwargs)
         calls.append(1)
         if len(calls) >= 3:
             poisoned = out.per_sample_loss * float("nan")
-            return DiToLossOutput(poisoned.mean(), poisoned, out.t, out.tau, out.noise_synced)
+            return dataclasses.replace(out, loss=poisoned.mean(), per_sample_loss=poisoned)
         return out
 
     monkeypatch.setattr(train_dito, "dito_flow_matching_loss", nan_from_third_call)

@@ -15,27 +15,10 @@ from script_helpers import (  # noqa: F401 (autouse fixtures, active by being in
     load_script,
     one_thread,
 )
-from test_train_dito import SCRIPT, run_args, write_images
+from test_train_dito import SCRIPT, config_path, image_dir, run_args, train_dito, write_images  # noqa: F401
 
 from conftest import tiny_dito_config
 from training import checkpointing, reliability
-
-
-@pytest.fixture(scope="module")
-def train_dito():
-    return load_script(SCRIPT)
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "config.json"
-    path.write_text(json.dumps(tiny_dito_config()))
-    return path
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    return write_images(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +114,26 @@ def test_two_runs_on_one_output_dir_the_second_stops_in_one_line(tmp_path, image
     assert f"pid {holder.pid}" in last and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1e-3"])
-def test_a_non_finite_or_non_positive_learning_rate_is_a_one_line_error(value, tmp_path, image_dir, config_path):
+def test_a_non_finite_learning_rate_is_a_one_line_error_from_the_command_line(tmp_path, image_dir, config_path):
     result = run_script(
         "--train_data_dir", str(image_dir), "--model_config", str(config_path), "--output_dir", str(tmp_path),
-        "--learning_rate", value,
+        "--learning_rate", "nan",
     )  # fmt: skip
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--learning_rate" in lines[0], lines
+
+
+@pytest.mark.parametrize("value", ["inf", "0", "-1e-3"])
+def test_a_non_finite_or_non_positive_learning_rate_is_refused(
+    value, train_dito, tmp_path, image_dir, config_path, capsys
+):
+    # The same check in-process (the subprocess above shows it reaches the command line as one line).
+    argv = ["--train_data_dir", str(image_dir), "--model_config", str(config_path), "--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as error:
+        train_dito.parse_args([*argv, "--learning_rate", value])
+    assert error.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--learning_rate" in lines[0], lines
 
 

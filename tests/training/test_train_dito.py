@@ -1,7 +1,7 @@
 """Tests of training/train_dito.py: a few steps of a tiny DiTo on a folder of 32-px images, mostly in-process."""
 
+import dataclasses
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,10 +12,10 @@ import PIL.Image
 import pytest
 import safetensors.torch
 import torch
-from script_helpers import fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
+from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 
 from conftest import tiny_dito_config
-from diffusers_dito import AutoencoderDiTo, DiToLossOutput
+from diffusers_dito import AutoencoderDiTo
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "train_dito.py"
@@ -173,14 +173,7 @@ def _free_port() -> int:
 
 def test_two_cpu_processes_shard_data_and_stay_in_sync(image_dir, config_path, tmp_path):
     dump = tmp_path / "dump"
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",  # with --multi_gpu: a gloo process group over CPU processes
-        "HF_HOME": str(tmp_path / "hf_home"),  # ignore any accelerate config of this machine
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = cpu_launch_env(tmp_path)
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -245,9 +238,9 @@ def test_noise_sync_prob_reaches_the_loss(train_dito, image_dir, config_path, tm
     seen = []
     original = train_dito.dito_flow_matching_loss
 
-    def spy(vae, images, noise_sync_prob=0.0, generator=None):
+    def spy(vae, images, noise_sync_prob=0.0, **kwargs):
         seen.append(noise_sync_prob)
-        return original(vae, images, noise_sync_prob=noise_sync_prob, generator=generator)
+        return original(vae, images, noise_sync_prob=noise_sync_prob, **kwargs)
 
     monkeypatch.setattr(train_dito, "dito_flow_matching_loss", spy)
     args = run_args(
@@ -265,12 +258,12 @@ def test_non_finite_loss_skips_the_step_and_corrupt_images_are_skipped(train_dit
     calls = []
     original = train_dito.dito_flow_matching_loss
 
-    def nan_on_second_call(vae, images, noise_sync_prob=0.0, generator=None):
-        out = original(vae, images, noise_sync_prob=noise_sync_prob, generator=generator)
+    def nan_on_second_call(vae, images, **kwargs):
+        out = original(vae, images, **kwargs)
         calls.append(1)
         if len(calls) == 2:
             poisoned = out.per_sample_loss * float("nan")
-            return DiToLossOutput(poisoned.mean(), poisoned, out.t, out.tau, out.noise_synced)
+            return dataclasses.replace(out, loss=poisoned.mean(), per_sample_loss=poisoned)
         return out
 
     monkeypatch.setattr(train_dito, "dito_flow_matching_loss", nan_on_second_call)

@@ -1,7 +1,6 @@
 """Tests of training/train_latent_dit.py: a few steps of dit-tiny on a tiny DiTo's latents, 2 classes x 4 images."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from script_helpers import fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
+from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
@@ -275,14 +274,7 @@ def _free_port() -> int:
 
 def test_two_cpu_processes_share_the_cache_and_stay_in_sync(class_dir, dito_dir, tmp_path):
     dump, cache = tmp_path / "dump", tmp_path / "cache"
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",  # with --multi_gpu: a gloo process group over CPU processes
-        "HF_HOME": str(tmp_path / "hf_home"),  # ignore any accelerate config of this machine
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = cpu_launch_env(tmp_path)
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",

@@ -21,7 +21,7 @@ implementation detail.
 """
 
 from .frechet import frechet_dinov2_distance, frechet_distance, frechet_inception_distance
-from .perceptual import lpips
+from .perceptual import load_lpips, lpips, lpips_backbone_file
 from .pixel import high_frequency_energy_ratio, psnr, ssim
 from .report import MetricsReport, compute_generation_metrics, compute_metrics
 from .swd import SlicedWassersteinOutput, sliced_wasserstein_distance
@@ -40,7 +40,9 @@ __all__ = [
     "frechet_distance",
     "frechet_inception_distance",
     "high_frequency_energy_ratio",
+    "load_lpips",
     "lpips",
+    "lpips_backbone_file",
     "psnr",
     "sliced_wasserstein_distance",
     "ssim",

@@ -12,7 +12,7 @@ from ._inputs import _batches, _check_pair
 from .weights import LPIPS_BACKBONE_ENV, MissingWeightsError, _resolve_path
 
 # torchvision's ImageNet checkpoints, the backbones the LPIPS heads were trained on.
-_LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
+LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
 # Adapted from richzhang/PerceptualSimilarity lpips/pretrained_networks.py and lpips/lpips.py. torchmetrics' LPIPS
 # builds its backbone through torchvision (not a dependency here) and downloads the ImageNet weights, so the two
@@ -68,8 +68,12 @@ class _LPIPS(nn.Module):
         return sum(lin((a - b).square()).mean(dim=(1, 2, 3)) for lin, a, b in pairs)  # (B,)
 
 
-def _load_lpips(backbone: str | os.PathLike | None, net_type: str) -> _LPIPS:
-    filename = _LPIPS_BACKBONE_FILES[net_type]
+def lpips_backbone_file(backbone: str | os.PathLike | None = None, net_type: str = "alex") -> Path:
+    """The torchvision checkpoint LPIPS-`net_type` reads: `backbone`, else `$DITO_LPIPS_BACKBONE`, else torch's hub
+    cache. Raises `MissingWeightsError` (one line that names the file) when there is none."""
+    if net_type not in LPIPS_BACKBONE_FILES:
+        raise ValueError(f"`net_type` must be one of {sorted(LPIPS_BACKBONE_FILES)}, got {net_type!r}.")
+    filename = LPIPS_BACKBONE_FILES[net_type]
     path = _resolve_path(backbone, LPIPS_BACKBONE_ENV)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename  # where torchvision would have put it
     path = path if path is not None else cached if cached.is_file() else None
@@ -80,6 +84,38 @@ def _load_lpips(backbone: str | os.PathLike | None, net_type: str) -> _LPIPS:
             f"compute_metrics) / ${LPIPS_BACKBONE_ENV} {where}; give the path to {filename} (or put it in "
             f"{cached.parent})."
         )
+    return path
+
+
+def load_lpips(backbone: str | os.PathLike | None = None, net_type: Literal["alex", "vgg"] = "alex") -> nn.Module:
+    r"""
+    LPIPS v0.1 as a frozen module: `model(x, reference)` -> (B,) distances, differentiable in its inputs, so it
+    serves as a training loss (the DiTo+LPIPS variant) as well as the [`lpips`] metric.
+
+    Args:
+        backbone (`str` or `os.PathLike`, *optional*): See [`lpips`].
+        net_type (`str`, *optional*, defaults to `"alex"`): `"alex"` or `"vgg"`.
+
+    Returns:
+        `torch.nn.Module` in eval mode with `requires_grad=False` parameters, on the CPU.
+
+    Raises:
+        `MissingWeightsError`: No backbone checkpoint was found.
+
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_dito.metrics import MissingWeightsError, load_lpips
+
+        >>> try:
+        ...     load_lpips("no/such/vgg16-397923af.pth", net_type="vgg")
+        ... except MissingWeightsError as err:
+        ...     print(str(err).splitlines()[0][:47])
+        LPIPS-vgg needs torchvision's ImageNet backbone
+
+        ```
+    """
+    path = lpips_backbone_file(backbone, net_type)
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if any(key.startswith("features.") for key in state_dict):  # a whole torchvision model: keep the conv stack
         state_dict = {key.removeprefix("features."): v for key, v in state_dict.items() if key.startswith("features.")}
@@ -136,11 +172,9 @@ def lpips(
 
         ```
     """
-    if net_type not in _LPIPS_BACKBONE_FILES:
-        raise ValueError(f"`net_type` must be one of {sorted(_LPIPS_BACKBONE_FILES)}, got {net_type!r}.")
     reconstructions, originals = _check_pair(
         "reconstructions", reconstructions, "originals", originals, min_size=32, channels=3
     )
-    model = _load_lpips(backbone, net_type).to(reconstructions.device)
+    model = load_lpips(backbone, net_type).to(reconstructions.device)
     scores = [model(a, b) for a, b in zip(_batches(reconstructions, batch_size), _batches(originals, batch_size))]
     return float(torch.cat(scores).mean())
