@@ -8,8 +8,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-# `trust_remote_code` loading copies the folder's pipeline.py into the modules cache: keep it out of ~/.cache.
-os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="dito-hf-modules-"))
+# `trust_remote_code` loading copies the folder's pipeline.py into the modules cache: keep it out of ~/.cache, in a
+# folder removed when the session ends (subprocesses of the tests inherit the variable and use the same folder).
+if "HF_MODULES_CACHE" not in os.environ:
+    _modules_cache = tempfile.TemporaryDirectory(prefix="dito-hf-modules-")
+    os.environ["HF_MODULES_CACHE"] = _modules_cache.name
 # The repository root, for `from training import ...`: without it, `training` would resolve to the tests/training
 # folder (a namespace package, since tests/ is on sys.path) whenever a test module is collected on its own.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
