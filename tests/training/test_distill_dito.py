@@ -206,3 +206,13 @@ def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["global_step"] == 3 and ranks[0]["images_seen"] == 12
     assert DiToPipeline.from_pretrained(tmp_path / "out").vae.config.num_inference_steps == 1
+
+
+def test_speed_flags_run(distill_dito, teacher_dir, image_dir, tmp_path):
+    # The flags of training/performance.py reach this script too (their effect is checked in test_performance.py;
+    # dynamo's eager backend runs the compile path without inductor's code generation).
+    flags = ("--torch_compile", "--torch_compile_backend", "eager", "--channels_last")
+    flags += ("--optimizer_implementation", "fused", "--max_train_steps", "2", "--checkpointing_steps", "2")
+    distill_dito.main(run_args(distill_dito, tmp_path / "out", teacher_dir, image_dir, *flags))
+    saved = vae_weights(tmp_path / "out" / "checkpoint-2" / "vae")
+    assert saved and all(torch.isfinite(t).all() for t in saved.values())

@@ -81,10 +81,12 @@ def _check_config(**config) -> None:
             raise ValueError(f"Config `{name}` must be finite (and the scaling non-zero), got {config[name]!r}.")
 
 
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """A `ValueError` if `tensor` holds NaN or inf: such values would reach image files as black pixels."""
+def check_finite(tensor: torch.Tensor, what: str | Callable[[], str]) -> None:
+    """A `ValueError` if `tensor` holds NaN or inf: such values would reach image files as black pixels. `what` names
+    the tensor; a callable is called only on failure (a message that reads values would otherwise sync every call)."""
     if not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).sum())
+        what = what() if callable(what) else what
         raise ValueError(f"{what} contains {bad} NaN or infinite values; expected finite numbers.")
 
 
@@ -543,8 +545,10 @@ class AutoencoderDiTo(
             sample = loop(z, generator=generator)
         check_finite(
             sample,
-            f"The decoded images (latents ranged over [{z.min().item():.3g}, {z.max().item():.3g}]; DiTo latents are "
-            "layer-normalised, so values far beyond ±10 mean they were scaled wrongly)",
+            lambda: (
+                f"The decoded images (latents ranged over [{z.min().item():.3g}, {z.max().item():.3g}]; DiTo "
+                "latents are layer-normalised, so values far beyond ±10 mean they were scaled wrongly)"
+            ),
         )
         if not return_dict:
             return (sample,)
