@@ -1,5 +1,6 @@
 import math
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -58,6 +59,20 @@ def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a - b).pow(2).mean().item()
     return 10 * math.log10(4.0 / mse)  # peak-to-peak range of [-1, 1] is 2
+
+
+def run_python(code: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """`python -c code *args` in a fresh interpreter (offline, plus `env`); asserts it exited with 0."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        cwd=cwd,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def train_dito_tiny(next_batch, steps: int):

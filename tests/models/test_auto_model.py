@@ -4,9 +4,7 @@
 import importlib
 import inspect
 import json
-import os
 import re
-import subprocess
 import sys
 import textwrap
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 from diffusers import AutoModel, FlowMatchEulerDiscreteScheduler
 
-from conftest import tiny_dito_config
+from conftest import run_python, tiny_dito_config
 from diffusers_dito import DIT_PRESETS, AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel
 from diffusers_dito.hub import code_bundle
 
@@ -141,16 +139,10 @@ torch.save(results, out)
 def test_automodel_in_a_fresh_process_returns_the_same_models(saved, tmp_path, package):
     root, expected = saved
     helpers = "import torch\n" + "\n".join(inspect.getsource(f) for f in (inputs, outputs))  # the same inputs
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}  # nothing cached
-    result = subprocess.run(
-        [sys.executable, "-c", helpers + FRESH_PROCESS, package, str(root), str(tmp_path / "out.pt")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(
+        helpers + FRESH_PROCESS, package, str(root), str(tmp_path / "out.pt"),
+        cwd=tmp_path, HF_MODULES_CACHE=str(tmp_path / "modules"),  # nothing cached
+    )  # fmt: skip
     loaded = torch.load(tmp_path / "out.pt")
     for folder in ("pipe", "bare"):
         assert loaded[folder]["names"] == ["AutoencoderDiTo", "DiToDiTTransformer2DModel"]

@@ -1,8 +1,6 @@
 """Every loading path of a saved DiTo pipeline returns the right class with identical weights."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from conftest import run_python
 from diffusers_dito import (
     DIT_PRESETS,
     AutoencoderDiTo,
@@ -112,16 +111,7 @@ torch.save({k: v for name in ("vae", "transformer") if hasattr(pipe, name)
 def test_fresh_process_trust_remote_code(saved, tmp_path):
     kind, pipe, folder = saved
     out = tmp_path / "state.pt"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(folder), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(FRESH_PROCESS, str(folder), str(out), cwd=tmp_path)
     assert result.stdout.split()[-1] == type(pipe).__name__
     state = torch.load(out)
     for name in ("vae", "transformer"):
