@@ -6,14 +6,20 @@ and reports ratios of medians. Absolute times are printed for context only.
 
 import json
 import math
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+from training.performance import BF16_CPU_FLAGS, cpu_flags, cpu_info  # noqa: E402  (the training scripts' CPU probe)
 
 
 def sync(device: torch.device) -> None:
@@ -68,14 +74,11 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int, repea
 def cpu_description() -> str:
     """The CPU as /proc/cpuinfo names it, with its family and model (which tell e.g. Zen 3 from Zen 4 where the name
     is just "AMD EPYC") and whether it has bf16 instructions, which decide whether bf16 autocast pays."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
+    fields = cpu_info()
+    if fields is None:
         return platform.processor() or platform.machine()
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", fields.get("Features", "")).split())
-    bf16 = "bf16 instructions" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "no bf16 instructions"
+    flags = cpu_flags(fields)
+    bf16 = "bf16 instructions" if flags & BF16_CPU_FLAGS else "no bf16 instructions"
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other ISA"
     name = fields.get("model name", platform.machine())
     return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}; {isa}, {bf16})"

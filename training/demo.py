@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusers_dito import DITO_PRESETS  # noqa: E402
+from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES  # noqa: E402
 from diffusers_dito.sample_data import write_split_crops  # noqa: E402
 from training import distill_dito, evaluate_dito, train_dito  # noqa: E402
 
@@ -76,7 +77,7 @@ def parse_args(argv=None):
     perceptual = parser.add_argument_group("DiTo+LPIPS (train_dito.py's flags, passed on)")
     perceptual.add_argument("--lpips_weight", type=float, default=0.0, help="Paper: 0.5. Default 0: plain DiTo.")
     perceptual.add_argument("--lpips_backbone", default=None, help="torchvision's vgg16/alexnet checkpoint file.")
-    perceptual.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex"])
+    perceptual.add_argument("--lpips_net", default="vgg", choices=sorted(LPIPS_BACKBONE_FILES))
     distill = parser.add_argument_group("distillation (--distill)")
     distill.add_argument("--distill", action="store_true", help="Then distil the model into a 1-step decoder.")
     distill.add_argument("--distill_pairs", type=int, default=DISTILL_PAIRS)

@@ -32,7 +32,7 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=output_dir / args.logging_dir),
         dynamo_plugin=performance.dynamo_plugin(args),  # --torch_compile: prepare() compiles the model
     )
-    if getattr(args, "allow_tf32", False):
+    if args.allow_tf32:
         performance.set_tf32(True)
     performance.warn_if_slow_precision(accelerator, logger)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)

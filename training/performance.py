@@ -14,6 +14,7 @@ import argparse
 import torch
 from accelerate.utils import TorchDynamoPlugin
 
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # /proc/cpuinfo flags of bf16 matrix instructions
 OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -48,7 +49,7 @@ def add_performance_arguments(parser: argparse.ArgumentParser) -> None:
 def dynamo_plugin(args: argparse.Namespace) -> TorchDynamoPlugin | None:
     """With `--torch_compile`, the plugin that makes `accelerator.prepare` compile the model; otherwise None, which
     leaves accelerate's own default (the `ACCELERATE_DYNAMO_*` variables that `accelerate launch` sets)."""
-    if not getattr(args, "torch_compile", False):
+    if not args.torch_compile:
         return None
     mode = None if args.torch_compile_mode == "default" else args.torch_compile_mode
     return TorchDynamoPlugin(backend=args.torch_compile_backend.upper(), mode=mode)
@@ -66,7 +67,7 @@ def set_tf32(enabled: bool) -> None:
 
 
 def memory_format(args: argparse.Namespace) -> torch.memory_format:
-    return torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
+    return torch.channels_last if args.channels_last else torch.contiguous_format
 
 
 def optimizer_kwargs(implementation: str, params: list[torch.nn.Parameter]) -> dict:
@@ -85,12 +86,25 @@ def cpu_has_native_bf16() -> bool | None:
     """Whether this CPU has bf16 matrix instructions (x86 `avx512_bf16`/`amx_bf16`, Arm `bf16`), from
     /proc/cpuinfo; None where that cannot be read. Without them bf16 autocast was measured 10.6x slower than fp32
     (AVX2 AMD EPYC, Zen 3; docs/benchmarks.md), so the training scripts warn instead of assuming it pays."""
+    info = cpu_info()
+    return None if info is None else bool(cpu_flags(info) & BF16_CPU_FLAGS)
+
+
+def cpu_info() -> dict[str, str] | None:
+    """The first processor's fields in /proc/cpuinfo (`model name`, `cpu family`, `flags`, ...); None where that
+    file cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = {word for line in f if line.lower().startswith(("flags", "features")) for word in line.split()}
+            first = f.read().split("\n\n")[0]
     except OSError:
         return None
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    fields = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in fields}
+
+
+def cpu_flags(info: dict[str, str]) -> set[str]:
+    """The instruction-set flags of `cpu_info()` (`flags` on x86, `Features` on Arm)."""
+    return set(info.get("flags", info.get("Features", "")).split())
 
 
 def warn_if_slow_precision(accelerator, logger) -> None:

@@ -46,7 +46,7 @@ def create_optimizer(trainable: list[torch.nn.Parameter], args: argparse.Namespa
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
-        **optimizer_kwargs(getattr(args, "optimizer_implementation", "auto"), trainable),
+        **optimizer_kwargs(args.optimizer_implementation, trainable),
     )
     # accelerate steps the scheduler once per process per optimizer step, hence the factor.
     name = getattr(args, "lr_scheduler", "constant")

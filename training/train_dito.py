@@ -109,7 +109,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         f"default ${LPIPS_BACKBONE_ENV}, then torch's hub cache. Nothing is downloaded.",
     )
     perceptual.add_argument(
-        "--lpips_net", type=str, default="vgg", choices=["vgg", "alex"], help="LPIPS backbone (taming's: vgg)."
+        "--lpips_net",
+        type=str,
+        default="vgg",
+        choices=sorted(LPIPS_BACKBONE_FILES),
+        help="LPIPS backbone (taming's: vgg).",
     )
 
     arguments.add_optimisation_arguments(
