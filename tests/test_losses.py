@@ -103,3 +103,43 @@ def test_latent_flow_matching_loss_target_and_class_dropout():
     torch.testing.assert_close(out.per_sample_loss, (pred - (eps - z)).pow(2).mean(dim=(1, 2, 3)))
     none = latent_flow_matching_loss(dit, z, labels, num_classes=10, class_dropout_prob=0.0)
     assert not none.dropped.any()
+
+
+def test_laplacian_l2_loss_weights_the_finest_band():
+    from diffusers_dito import laplacian_l2_loss
+    from diffusers_dito.metrics.swd import laplacian_pyramid
+
+    target = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert laplacian_l2_loss(target, target).tolist() == [0.0, 0.0]
+    # fine_weight 1: the plain sum of the per-band mean squared differences
+    sample = target + 0.1 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    bands = [
+        (s - t).pow(2).mean(dim=(1, 2, 3)) for s, t in zip(laplacian_pyramid(sample, 3), laplacian_pyramid(target, 3))
+    ]
+    torch.testing.assert_close(laplacian_l2_loss(sample, target, fine_weight=1.0), sum(bands))
+    # A pixel-scale error (a checkerboard) costs more as the finest band's weight grows; a smooth one (a constant
+    # offset, which lives in the low-pass residual) costs less.
+    checker = 0.1 * (torch.arange(32)[:, None] + torch.arange(32)).remainder(2).float().expand(2, 3, 32, 32)
+    for error, rises in [(checker, True), (torch.full_like(target, 0.1), False)]:
+        plain, weighted = (laplacian_l2_loss(target + error, target, fine_weight=w) for w in (1.0, 4.0))
+        assert (weighted > plain).all() if rises else (weighted < plain).all(), (plain, weighted)
+    # Differentiable, and per sample
+    sample.requires_grad_(True)
+    laplacian_l2_loss(sample, target)[0].backward()
+    assert sample.grad[0].abs().sum() > 0 and sample.grad[1].abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "shapes, kwargs, match",
+    [
+        (((2, 3, 32, 32), (2, 3, 16, 16)), {}, "of one shape"),
+        (((2, 3, 32, 32),) * 2, {"num_levels": 5}, "at least 3 px"),
+        (((2, 3, 32, 32),) * 2, {"num_levels": 0}, "at least 3 px"),
+        (((2, 3, 32, 32),) * 2, {"fine_weight": 0.0}, "finite number > 0"),
+    ],
+)
+def test_laplacian_l2_loss_rejects_bad_input(shapes, kwargs, match):
+    from diffusers_dito import laplacian_l2_loss
+
+    with pytest.raises(ValueError, match=match):
+        laplacian_l2_loss(torch.zeros(shapes[0]), torch.zeros(shapes[1]), **kwargs)

@@ -1,6 +1,12 @@
 """diffusers-dito: DiTo diffusion autoencoders as native diffusers models."""
 
-from .losses import DiToLossOutput, LatentFlowMatchingLossOutput, dito_flow_matching_loss, latent_flow_matching_loss
+from .losses import (
+    DiToLossOutput,
+    LatentFlowMatchingLossOutput,
+    dito_flow_matching_loss,
+    laplacian_l2_loss,
+    latent_flow_matching_loss,
+)
 from .models import (
     DIT_PRESETS,
     DITO_PRESETS,
@@ -25,5 +31,6 @@ __all__ = [
     "DIT_PRESETS",
     "DITO_PRESETS",
     "dito_flow_matching_loss",
+    "laplacian_l2_loss",
     "latent_flow_matching_loss",
 ]

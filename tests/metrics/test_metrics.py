@@ -29,7 +29,7 @@ from diffusers_dito.metrics import (
 )
 from diffusers_dito.metrics._inputs import _to_uint8
 from diffusers_dito.metrics.perceptual import _lpips_backbone
-from diffusers_dito.metrics.swd import _laplacian_pyramid
+from diffusers_dito.metrics.swd import laplacian_pyramid
 
 SWD_FAST = {"nhoods_per_image": 32, "dirs_per_repeat": 32}
 
@@ -126,7 +126,7 @@ def test_swd_pyramid_matches_the_reference_scipy_pyramid():
 
     for shape in [(2, 3, 64, 64), (1, 3, 37, 45)]:
         x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-        ours = _laplacian_pyramid(torch.from_numpy(x), 3)
+        ours = laplacian_pyramid(torch.from_numpy(x), 3)
         for level, expected in zip(ours, reference(x, 3), strict=True):
             np.testing.assert_allclose(level.numpy(), expected, atol=1e-5)
 

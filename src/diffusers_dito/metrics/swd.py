@@ -52,8 +52,10 @@ def _pyr_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return upsampled[:, :, : size[0], : size[1]]
 
 
-def _laplacian_pyramid(images: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
-    """Band-pass levels, finest first; the last level is the low-pass residual."""
+def laplacian_pyramid(images: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """cv2's Laplacian pyramid of `images` (B, C, H, W): `num_levels - 1` band-pass levels, finest first (each the
+    image minus its blurred and re-up-sampled half-size copy), then the low-pass residual. Differentiable: the
+    distillation's band-weighted loss (`diffusers_dito.losses.laplacian_l2_loss`) uses it as well as the SWD."""
     gaussians = [images]
     for _ in range(num_levels - 1):
         gaussians.append(_pyr_down(gaussians[-1]))
@@ -157,7 +159,7 @@ def sliced_wasserstein_distance(
         size //= 2
 
     generator = torch.Generator().manual_seed(seed)  # CPU draws: the same numbers on every device
-    pyramids = _laplacian_pyramid(images, len(resolutions)), _laplacian_pyramid(reference_images, len(resolutions))
+    pyramids = laplacian_pyramid(images, len(resolutions)), laplacian_pyramid(reference_images, len(resolutions))
     per_level = {}
     for resolution, level, reference_level in zip(resolutions, *pyramids):
         index = _patch_index(level.shape, nhood_size, nhoods_per_image, generator)  # shared by both sets
