@@ -5,7 +5,8 @@
 For every batch the frozen teacher encodes the images, z = E(x), and decodes (z, ε) with `--teacher_steps` Euler steps
 of its ODE, without gradient. The student, initialised from the teacher's decoder, decodes the same (z, ε) in
 `--student_steps` steps through the stock `FlowMatchEulerDiscreteScheduler` (`AutoencoderDiTo.decode`, with gradients
-through every step), and the loss is the L2 distance between the two decodes, plus an optional
+through every step), and the loss is the L2 distance between the two decodes (`--loss_type l2`) or the same per
+Laplacian-pyramid band with the finest band weighted up (`--loss_type laplacian`), plus an optional
 `--data_loss_weight` × L2 to the images. Both decodes draw ε from one seed, so they start from the same noise. The
 method follows the idea of SSDD (arXiv 2510.04961) and of Luhman & Luhman (2021): a student that maps noise to the
 teacher's sample in one evaluation; the code is our own.
@@ -25,6 +26,7 @@ docs/distillation.md has the method, the flags and the measured results.
 """
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ import torch
 from accelerate.logging import get_logger
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 
-from diffusers_dito import AutoencoderDiTo
+from diffusers_dito import AutoencoderDiTo, laplacian_l2_loss
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
@@ -65,6 +67,7 @@ from training.reliability import RunGuard, lock_output_dir, run_script
 logger = get_logger(__name__, log_level="INFO")
 
 LOSS_LOGS = {"distill_loss": "distill_loss", "data_loss": "data_loss"}  # per-sample loss terms -> logged means
+LOSS_TYPES = ("l2", "laplacian")
 MAX_STUDENT_STEPS = 2
 
 
@@ -106,6 +109,25 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         help="Weight of an extra L2 term between the student's decode and the images (0: distillation only).",
     )
     model.add_argument(
+        "--loss_type",
+        choices=LOSS_TYPES,
+        default="l2",
+        help="l2: the mean squared distance of the two decodes. laplacian: the same per Laplacian-pyramid band, the "
+        "finest weighted --laplacian_fine_weight (diffusers_dito.laplacian_l2_loss; docs/distillation.md).",
+    )
+    model.add_argument(
+        "--laplacian_fine_weight",
+        type=float,
+        default=4.0,
+        help="--loss_type laplacian: weight of the finest band against 1 for the others.",
+    )
+    model.add_argument(
+        "--laplacian_levels",
+        type=arguments.positive_int,
+        default=3,
+        help="--loss_type laplacian: pyramid levels (band-pass levels and the low-pass residual).",
+    )
+    model.add_argument(
         "--cache_teacher_targets",
         action="store_true",
         help="Small data: decode each training image's target once, from noise fixed per image, keep it in memory "
@@ -137,6 +159,13 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     arguments.check_data_source(args, parser)
     if not 0.0 <= args.data_loss_weight < float("inf"):
         parser.error(f"--data_loss_weight must be a finite number >= 0, got {args.data_loss_weight}.")
+    if not 0.0 < args.laplacian_fine_weight < float("inf"):
+        parser.error(f"--laplacian_fine_weight must be a finite number > 0, got {args.laplacian_fine_weight}.")
+    if args.loss_type == "laplacian" and args.resolution < 3 * 2 ** (args.laplacian_levels - 1):
+        parser.error(
+            f"--laplacian_levels {args.laplacian_levels} halves a {args.resolution} px crop below 3 px; use at most "
+            f"{1 + int(math.log2(args.resolution / 3))}."
+        )
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no known length).")
     if args.cache_teacher_targets and (args.streaming or args.random_flip):
@@ -163,9 +192,21 @@ class DistillationObjective(torch.nn.Module):
     """The student's decode of (z, ε) against the teacher's, as a module's forward: DistributedDataParallel syncs
     gradients only for computations run through the wrapped module's `forward`."""
 
-    def __init__(self, student: AutoencoderDiTo, student_steps: int, data_loss_weight: float):
+    def __init__(
+        self,
+        student: AutoencoderDiTo,
+        student_steps: int,
+        data_loss_weight: float,
+        loss_type: str = "l2",
+        laplacian_levels: int = 3,
+        laplacian_fine_weight: float = 4.0,
+    ):
         super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {loss_type!r}.")
         self.student, self.student_steps, self.data_loss_weight = student, student_steps, data_loss_weight
+        self.loss_type = loss_type
+        self.laplacian = {"num_levels": laplacian_levels, "fine_weight": laplacian_fine_weight}
 
     def forward(
         self, latents: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, noise_seed: int | list[int]
@@ -173,7 +214,10 @@ class DistillationObjective(torch.nn.Module):
         # The same seed(s) as the teacher's decode: the same ε, drawn by `decode` itself.
         generator = noise_generators(noise_seed, latents.device)
         sample = self.student.decode(latents, generator=generator, num_inference_steps=self.student_steps).sample
-        distill_loss = (sample.float() - targets.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if self.loss_type == "laplacian":
+            distill_loss = laplacian_l2_loss(sample, targets, **self.laplacian)  # (B,)
+        else:
+            distill_loss = (sample.float() - targets.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
         data_loss = (sample.float() - images.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
         loss = distill_loss + self.data_loss_weight * data_loss if self.data_loss_weight else distill_loss
         return {"per_sample_loss": loss, "distill_loss": distill_loss, "data_loss": data_loss}
@@ -294,7 +338,10 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     ema = create_ema(weights, student, args.ema_decay, lora=False, device=accelerator.device) if args.use_ema else None
 
     optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
-    objective = DistillationObjective(student, args.student_steps, args.data_loss_weight)
+    objective = DistillationObjective(
+        student, args.student_steps, args.data_loss_weight, args.loss_type, args.laplacian_levels,
+        args.laplacian_fine_weight,
+    )  # fmt: skip
     objective, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         objective, optimizer, train_dataloader, lr_scheduler
     )
@@ -306,7 +353,10 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     schedule = steps.make_schedule(train_dataloader, dataset_size, args, accelerator)
     progress.run_signature = run_signature(args, accelerator.num_processes, dataset_size, student.config)
     progress.run_signature.update(
-        teacher_steps=teacher_steps, data_loss_weight=args.data_loss_weight, cache_teacher_targets=cache is not None
+        teacher_steps=teacher_steps,
+        data_loss_weight=args.data_loss_weight,
+        cache_teacher_targets=cache is not None,
+        loss=distillation_loss_name(args),
     )
     resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
            allow_changed=args.allow_changed_resume)  # fmt: skip
@@ -388,6 +438,13 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     return student
 
 
+def distillation_loss_name(args: argparse.Namespace) -> str:
+    """The loss in words, for the run signature and the model card."""
+    if args.loss_type == "laplacian":
+        return f"laplacian ({args.laplacian_levels} levels, finest band x{args.laplacian_fine_weight:g})"
+    return args.loss_type
+
+
 def save_final_model(student: AutoencoderDiTo, args: argparse.Namespace, teacher_steps: int) -> None:
     """A DiToPipeline folder whose model card names the teacher and both step counts."""
     from diffusers_dito import DiToPipeline  # imported late: the training loop does not need the pipeline
@@ -396,7 +453,7 @@ def save_final_model(student: AutoencoderDiTo, args: argparse.Namespace, teacher
     pipeline.training_data = args.dataset_name or f"image folder {Path(args.train_data_dir).name}"  # for the card
     pipeline.distilled_from = (
         f"{args.teacher_model_name_or_path} (its {teacher_steps}-step Euler decode), into {args.student_steps} "
-        f"step(s); data loss weight {args.data_loss_weight}"
+        f"step(s); loss {distillation_loss_name(args)}, data loss weight {args.data_loss_weight}"
     )
     pipeline.save_pretrained(args.output_dir)
     logger.info(f"Saved the {args.student_steps}-step DiToPipeline to {args.output_dir}")

@@ -46,3 +46,5 @@ def test_demo_trains_evaluates_at_the_models_default_steps_draws_a_labelled_grid
     student_metrics = json.loads((out / "evaluation-student" / "metrics.json").read_text())
     assert student_metrics["steps"] == 1 and student_metrics["num_images"] == metrics["num_images"]
     assert json.loads((out / "evaluation" / "timing.json").read_text())["distill_seconds"] > 0
+    card = (out / "student" / "README.md").read_text()  # the demo's distillation recipe, as the card names it
+    assert f"finest band x{demo.DISTILL_FINE_WEIGHT:g}" in card and f"weight {demo.DISTILL_DATA_LOSS_WEIGHT}" in card

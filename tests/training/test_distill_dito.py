@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel, FlowMat
 from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 from test_train_dito import _free_port, read_dump, vae_weights
 
-from diffusers_dito import AutoencoderDiTo, DiToPipeline
+from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss
 from diffusers_dito.sample_data import split_crops
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,10 +179,27 @@ def test_arguments_are_checked_at_start_up(distill_dito, teacher_dir, image_dir,
         (["--resolution", "36"], "not divisible by the teacher's down-sampling factor 8"),
         (["--data_loss_weight", "-1"], "--data_loss_weight must be a finite number >= 0"),
         (["--cache_teacher_targets"], "give --no-random_flip"),
+        (["--laplacian_fine_weight", "0"], "--laplacian_fine_weight must be a finite number > 0"),
+        (["--loss_type", "laplacian", "--resolution", "32", "--laplacian_levels", "5"], "below 3 px; use at most 4"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             distill_dito.parse_args([*base, *extra])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_loss_type_laplacian_is_the_band_weighted_distance_of_the_decodes(distill_dito, teacher_dir, crops):
+    student = AutoencoderDiTo.from_pretrained(teacher_dir / "vae")
+    images = crops[1][:2]
+    targets = torch.flip(images, dims=(-1,))  # any target will do
+    with torch.no_grad():
+        latents = student.encode(images).latents
+        sample = student.decode(latents, num_inference_steps=1, generator=torch.Generator().manual_seed(5)).sample
+        for loss_type, expected in [
+            ("laplacian", laplacian_l2_loss(sample, targets, num_levels=2, fine_weight=8.0)),
+            ("l2", (sample - targets).pow(2).mean(dim=(1, 2, 3))),
+        ]:
+            objective = distill_dito.DistillationObjective(student, 1, 0.0, loss_type, 2, 8.0)
+            torch.testing.assert_close(objective(latents, targets, images, 5)["distill_loss"], expected)
 
 
 def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
