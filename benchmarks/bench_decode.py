@@ -38,6 +38,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--compare_steps", type=int, default=None, help="Steps for the KL/bf16/channels_last comparisons (config)."
     )
+    parser.add_argument(
+        "--speed_flags",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Time bf16 autocast and channels_last against fp32 (--no-speed_flags skips them: on a CPU without bf16 "
+        "instructions a bf16 decode takes many times the fp32 one).",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="Write the results here as JSON.")
     return parser.parse_args(argv)
@@ -128,11 +135,10 @@ def main(args) -> dict:
         with torch.no_grad():
             vae_cl.decode(z, num_inference_steps=n_default, generator=gen)
 
-    cmp = interleaved_medians(
-        {"kl": kl_decode, "dito": dito_decode, "dito_bf16": dito_decode_bf16, "dito_cl": dito_decode_channels_last},
-        device,
-        args.repeats,
-    )
+    fns = {"kl": kl_decode, "dito": dito_decode}
+    if args.speed_flags:
+        fns.update(dito_bf16=dito_decode_bf16, dito_cl=dito_decode_channels_last)
+    cmp = interleaved_medians(fns, device, args.repeats)
 
     comparisons = [
         {
@@ -140,10 +146,13 @@ def main(args) -> dict:
             "ratio": cmp["dito"] / cmp["kl"],
             "dito_decoder_params": count(vae.decoder_unet),
             "kl_decoder_params": count(kl.decoder),
-        },
-        {"comparison": "bf16 autocast / fp32", "ratio": cmp["dito_bf16"] / cmp["dito"]},
-        {"comparison": "channels_last / contiguous", "ratio": cmp["dito_cl"] / cmp["dito"]},
+        }
     ]
+    if args.speed_flags:
+        comparisons += [
+            {"comparison": "bf16 autocast / fp32", "ratio": cmp["dito_bf16"] / cmp["dito"]},
+            {"comparison": "channels_last / contiguous", "ratio": cmp["dito_cl"] / cmp["dito"]},
+        ]
     if args.student is not None:
         comparisons += student_comparisons(args, vae, kl, z, device)
     name = args.model or args.preset

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from training.evaluation import labelled_grid, list_image_files, load_image, to_float  # noqa: E402
 
+from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline  # noqa: E402
 from training import evaluate_dito  # noqa: E402
 
@@ -44,6 +45,14 @@ def parse_args(argv=None):
     parser.add_argument("--figure_images", type=int, default=8)
     parser.add_argument("--timing_batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--spread_seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="More noise seeds: the teacher at its default and each student are scored again from each, and the "
+        "spread over all seeds is reported (the checks stay on --seed).",
+    )
     parser.add_argument("--json", default=None, help="Also write the result here (default: output_dir/report.json).")
     return parser.parse_args(argv)
 
@@ -67,11 +76,14 @@ def evaluate(model: str, steps: int, args, name: str) -> dict:
             ]
         )  # fmt: skip
     )
-    return {key: result.get(key) for key in ("psnr", "ssim", "swd", "hf_energy_ratio")}
+    levels = sorted((k for k in result if k.startswith("swd_")), key=lambda k: -int(k.split("_")[1]))  # finest first
+    return {key: result.get(key) for key in ("psnr", "ssim", "swd", *levels, "hf_energy_ratio")}
 
 
 def decode_times(args, teacher_default: int, resolution: int) -> dict:
-    """Seconds per image of each student, of the teacher at 1/default/50 steps and of a comparable KL decode."""
+    """Seconds per image, one `bench_decode.py` run per student: {student: {"student", "kl", "teacher": {steps: s}}}.
+    Each student's ratios must come from its own run, where it was timed interleaved with the KL and teacher decodes;
+    the teacher's rows use the first run."""
     times = {}
     for student in args.student:
         steps = sorted({1, teacher_default, TEACHER_MANY_STEPS})
@@ -92,13 +104,16 @@ def decode_times(args, teacher_default: int, resolution: int) -> dict:
                     str(args.repeats),
                     "--compare_steps",
                     str(teacher_default),
+                    "--no-speed_flags",  # the report needs the fp32 times only
                 ]
             )  # fmt: skip
         )
         rows = [r for r in result["comparisons"] if r["comparison"].startswith("student")]
-        times[student] = {"student": rows[0]["student_s_per_image"], "kl": rows[0]["kl_s_per_image"]}
-        times["teacher"] = {n: r["teacher_s_per_image"] for n, r in zip(steps, rows[1:])}
-        times["kl"] = rows[0]["kl_s_per_image"]
+        times[student] = {
+            "student": rows[0]["student_s_per_image"],
+            "kl": rows[0]["kl_s_per_image"],
+            "teacher": {n: r["teacher_s_per_image"] for n, r in zip(steps, rows[1:])},
+        }
     return times
 
 
@@ -123,9 +138,73 @@ def figure(args, teacher, students: list, teacher_default: int, path: Path) -> N
 
     rows = [[to_uint8(column[i]) for column in columns] for i in range(len(images))]
     labels = ["original", f"teacher ({teacher_default} steps)", "teacher (1 step)"]
-    labels += [f"student ({s.config.num_inference_steps} step)" for s in students]
+    names = [Path(folder).name for folder in args.student]  # the folders tell two students apart
+    labels += [f"{name}\n({s.config.num_inference_steps} step)" for name, s in zip(names, students)]
     labelled_grid(rows, labels).save(path)
     print(f"wrote {path}")
+
+
+@torch.no_grad()
+def error_bands(args, teacher, students: list, teacher_default: int) -> dict:
+    """Where a 1-step decode differs from the teacher's default decode of the same noise: its PSNR to that decode and
+    the share of the squared difference in each Laplacian band (finest first), over all held-out images; and the
+    share of the originals' energy in each band."""
+    files = list_image_files(args.data_dir)
+    images = to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
+    if min(images.shape[-2:]) < 12:
+        return {}
+    z = teacher.encode(images).latents
+
+    def decode(vae, steps):
+        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(images))]
+        return vae.decode(z, generator=generators, num_inference_steps=steps).sample.clamp(-1, 1)
+
+    def shares(x: torch.Tensor) -> list[float]:
+        energies = [band.pow(2).mean().item() for band in laplacian_pyramid(x, 3)]
+        return [e / sum(energies) for e in energies]
+
+    reference = decode(teacher, teacher_default)
+    result = {"original_energy_share": shares(images)}
+    for name, vae in [("teacher 1 step", teacher)] + [(f"student {k}", s) for k, s in enumerate(students)]:
+        decoded = decode(vae, 1 if vae is teacher else vae.config.num_inference_steps)
+        mse = ((decoded - reference) / 2).pow(2).mean(dim=(1, 2, 3))
+        psnr_to_teacher = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+        result[name] = {"psnr_to_teacher": psnr_to_teacher, "error_share": shares(decoded - reference)}
+    return result
+
+
+def spread(args, rows: list[dict], teacher_default: int) -> list[dict]:
+    """PSNR and SWD of the teacher at its default and of each student from --seed and every --spread_seeds: each
+    seed's values, their mean and standard deviation, and the student's SWD over the teacher's from the same seed."""
+    scored = [r for r in rows if r["model"] != "teacher" or r["steps"] == teacher_default]
+    per_seed = {(r["model"], args.seed): r for r in scored}
+    for seed in args.spread_seeds:
+        seeded = argparse.Namespace(**{**vars(args), "seed": seed})
+        for row in scored:
+            model = args.teacher if row["model"] == "teacher" else args.student[int(row["model"].split()[1])]
+            name = f"spread-{row['model'].replace(' ', '')}-seed{seed}"
+            per_seed[(row["model"], seed)] = evaluate(model, row["steps"], seeded, name)
+    seeds = [args.seed, *args.spread_seeds]
+    summary = []
+    for row in scored:
+        entry = {"model": row["model"], "steps": row["steps"], "seeds": seeds}
+        for metric in ("psnr", "swd"):
+            entry[metric] = [per_seed[(row["model"], seed)][metric] for seed in seeds]
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean_and_std(entry[metric])
+        if row["model"] != "teacher" and None not in entry["swd"] + [per_seed[("teacher", s)]["swd"] for s in seeds]:
+            entry["swd_over_teacher"] = [
+                per_seed[(row["model"], s)]["swd"] / per_seed[("teacher", s)]["swd"] for s in seeds
+            ]
+            entry["swd_over_teacher_mean"] = float(np.mean(entry["swd_over_teacher"]))
+        summary.append(entry)
+    return summary
+
+
+def mean_and_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation; None where a value is missing (too few images for the metric)."""
+    if None in values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def verdicts(rows: list[dict], teacher_default: int) -> list[dict]:
@@ -168,29 +247,49 @@ def main(args) -> dict:
 
     resolution = load_image(list_image_files(args.data_dir, 1)[0]).size[0]
     times = decode_times(args, teacher_default, resolution)
-    for row in rows:
-        if row["model"] == "teacher":
-            row["s_per_image"] = times["teacher"][row["steps"]]
-        else:
-            row["s_per_image"] = times[args.student[int(row["model"].split()[1])]]["student"]
-        row["time_over_kl"] = row["s_per_image"] / times["kl"]
-    for row in rows:  # the student's time over 1/N of the teacher's N-step decode (N: the teacher's default)
-        teacher_time = times["teacher"][teacher_default]
-        row["time_vs_1_over_n"] = row["s_per_image"] / (teacher_time * row["steps"] / teacher_default)
+    for row in rows:  # every ratio within one timing run; the teacher's rows from the first
+        run = times[args.student[0 if row["model"] == "teacher" else int(row["model"].split()[1])]]
+        row["s_per_image"] = run["teacher"][row["steps"]] if row["model"] == "teacher" else run["student"]
+        row["time_over_kl"] = row["s_per_image"] / run["kl"]
+        # over 1/N of the teacher's N-step decode (N: the teacher's default), timed in the same run
+        row["time_vs_1_over_n"] = row["s_per_image"] / (
+            run["teacher"][teacher_default] * row["steps"] / teacher_default
+        )
 
     figure(args, teacher, students, teacher_default, output_dir / "decodes.png")
     checks = verdicts(rows, teacher_default)
+    spreads = spread(args, rows, teacher_default) if args.spread_seeds else []
+    bands = error_bands(args, teacher, students, teacher_default)
     machine = machine_info(torch.device("cpu"))
     print(f"\n## distillation: teacher {args.teacher} (default {teacher_default} steps), {machine}\n")
     print(markdown_table(rows))
     print()
     print(markdown_table(checks))
+    if bands:
+        print(f"\n### against the teacher's {teacher_default}-step decode, per Laplacian band (finest first)\n")
+        table = [
+            {"decode": "originals (energy share)", "psnr_to_teacher": None, "share": bands["original_energy_share"]}
+        ]
+        table += [
+            {"decode": name, "psnr_to_teacher": v["psnr_to_teacher"], "share": v["error_share"]}
+            for name, v in bands.items()
+            if name != "original_energy_share"
+        ]
+        for row in table:
+            row["share"] = " / ".join(f"{100 * x:.1f} %" for x in row["share"])
+        print(markdown_table(table))
+    if spreads:
+        print(f"\n### spread over noise seeds {spreads[0]['seeds']}\n")
+        columns = ("model", "steps", "psnr_mean", "psnr_std", "swd_mean", "swd_std", "swd_over_teacher_mean")
+        print(markdown_table([{key: entry.get(key) for key in columns} for entry in spreads]))
     result = {
         "args": vars(args),
         "machine": machine,
-        "kl_s_per_image": times["kl"],
+        "kl_s_per_image": {student: run["kl"] for student, run in times.items()},
         "rows": rows,
         "checks": checks,
+        "spread": spreads,
+        "error_bands": bands,
     }
     write_json(args.json or str(output_dir / "report.json"), result)
     return result

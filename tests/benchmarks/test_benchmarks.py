@@ -255,7 +255,7 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
     result = run(
         "distillation_report.py",
         "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data),
-        "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--timing_batch_size", "1",
+        "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--timing_batch_size", "1", "--spread_seeds", "7",
         tmp_path=tmp_path,
     )  # fmt: skip
     assert [(r["model"], r["steps"]) for r in result["rows"]] == [
@@ -268,6 +268,15 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
     assert len(holds) == 6 and holds["PSNR >= teacher default - 0.3 dB"] in (True, False)
     assert holds["SWD <= 1.05 x teacher default"] is None  # 2 images of 16²: too few for SWD, said so
     assert PIL.Image.open(tmp_path / "report" / "decodes.png").size[0] > 4 * 16
+    # Where the 1-step decodes differ from the teacher's default decode: the stand-in student is the teacher at 1 step
+    bands = result["error_bands"]
+    assert bands["student 0"] == bands["teacher 1 step"] and abs(sum(bands["student 0"]["error_share"]) - 1) < 1e-6
+    assert len(bands["original_energy_share"]) == 3 and finite_positive(bands["student 0"]["psnr_to_teacher"])
+    # --spread_seeds: the teacher at its default and the student, scored again from seed 7
+    spread = {entry["model"]: entry for entry in result["spread"]}
+    assert sorted(spread) == ["student 0", "teacher"] and spread["teacher"]["steps"] == 2
+    assert spread["student 0"]["psnr"][0] == student["psnr"] != spread["student 0"]["psnr"][1]  # seed 0, then 7
+    assert spread["student 0"]["psnr_std"] > 0 and spread["student 0"]["swd_mean"] is None  # no SWD at 2 × 16²
 
 
 # ------------------------------------------------------------------------------------------------------ gpu_check.py
