@@ -34,7 +34,7 @@ from training.distill_dito import TeacherTargetCache  # noqa: E402
 from training.evaluation import list_image_files, load_image, to_float  # noqa: E402
 
 from diffusers_dito import AutoencoderDiTo  # noqa: E402
-from diffusers_dito.metrics import sliced_wasserstein_distance  # noqa: E402
+from diffusers_dito.metrics import psnr, sliced_wasserstein_distance  # noqa: E402
 from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
 
 
@@ -96,11 +96,6 @@ def distance(sample: torch.Tensor, target: torch.Tensor, args) -> torch.Tensor:
     return sum(w * (s - t).pow(2).mean() for w, (s, t) in zip(weights, bands)) / sum(weights) * 3
 
 
-def mean_psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    mse = ((x - y) / 2).pow(2).mean(dim=(1, 2, 3))
-    return (10 * torch.log10(1 / mse)).mean().item()
-
-
 @torch.no_grad()
 def evaluate(student, held_out, latents, teacher_decodes, step: int) -> dict:
     """The student's 1-step decode of the held-out crops, image i from the noise of seed i (as evaluate_dito.py)."""
@@ -110,8 +105,8 @@ def evaluate(student, held_out, latents, teacher_decodes, step: int) -> dict:
     student.decoder_unet.train()
     swd = sliced_wasserstein_distance(decoded, held_out)
     fine, coarse = (swd.per_level[k] for k in sorted(swd.per_level, reverse=True))
-    result = {"step": step, "psnr": mean_psnr(decoded, held_out), "swd": swd.mean, "fine": fine, "coarse": coarse}
-    result["psnr_to_teacher"] = mean_psnr(decoded, teacher_decodes)
+    result = {"step": step, "psnr": psnr(decoded, held_out), "swd": swd.mean, "fine": fine, "coarse": coarse}
+    result["psnr_to_teacher"] = psnr(decoded, teacher_decodes)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
     return result
 

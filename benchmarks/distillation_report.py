@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from training.evaluation import labelled_grid, list_image_files, load_image, to_float  # noqa: E402
 
+from diffusers_dito.metrics import psnr  # noqa: E402
 from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline  # noqa: E402
 from training import evaluate_dito  # noqa: E402
@@ -167,9 +168,7 @@ def error_bands(args, teacher, students: list, teacher_default: int) -> dict:
     result = {"original_energy_share": shares(images)}
     for name, vae in [("teacher 1 step", teacher)] + [(f"student {k}", s) for k, s in enumerate(students)]:
         decoded = decode(vae, 1 if vae is teacher else vae.config.num_inference_steps)
-        mse = ((decoded - reference) / 2).pow(2).mean(dim=(1, 2, 3))
-        psnr_to_teacher = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
-        result[name] = {"psnr_to_teacher": psnr_to_teacher, "error_share": shares(decoded - reference)}
+        result[name] = {"psnr_to_teacher": psnr(decoded, reference), "error_share": shares(decoded - reference)}
     return result
 
 
