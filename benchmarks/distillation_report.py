@@ -118,11 +118,15 @@ def decode_times(args, teacher_default: int, resolution: int) -> dict:
     return times
 
 
+def load_images(files: list[Path]) -> torch.Tensor:
+    """The images as one (B, 3, H, W) batch in [-1, 1] (the figure and the band errors both start from it)."""
+    return to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
+
+
 @torch.no_grad()
 def figure(args, teacher, students: list, teacher_default: int, path: Path) -> None:
     """original | teacher (default) | teacher (1 step) | student(s) for the first images, same noise per image."""
-    files = list_image_files(args.data_dir, args.figure_images)
-    images = to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
+    images = load_images(list_image_files(args.data_dir, args.figure_images))
     z = teacher.encode(images).latents  # images in [-1, 1]
 
     def decode(vae, steps):
@@ -150,8 +154,7 @@ def error_bands(args, teacher, students: list, teacher_default: int) -> dict:
     """Where a 1-step decode differs from the teacher's default decode of the same noise: its PSNR to that decode and
     the share of the squared difference in each Laplacian band (finest first), over all held-out images; and the
     share of the originals' energy in each band."""
-    files = list_image_files(args.data_dir)
-    images = to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
+    images = load_images(list_image_files(args.data_dir))
     if min(images.shape[-2:]) < 12:
         return {}
     z = teacher.encode(images).latents
