@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
-from conftest import smooth_images
+from conftest import run_python, smooth_images
 from diffusers_dito.metrics import (
     DINOV2_PATH_ENV,
     INCEPTION_WEIGHTS_ENV,
@@ -430,6 +430,13 @@ def test_public_names_are_importable_from_the_package():
 
     assert all(callable(getattr(package, name)) or name.endswith("_ENV") for name in package.__all__)
     assert package.MissingWeightsError.__mro__[1] is RuntimeError
+
+
+def test_importing_the_package_leaves_torchmetrics_until_a_metric_needs_it(tmp_path):
+    # torchmetrics costs seconds to import, which every training process and every test subprocess would pay
+    code = "import sys, torch, diffusers_dito, diffusers_dito.metrics as m; print('torchmetrics' in sys.modules); "
+    code += "m.psnr(-torch.ones(1, 3, 8, 8), torch.ones(1, 3, 8, 8)); print('torchmetrics' in sys.modules)"
+    assert run_python(code, cwd=tmp_path).stdout.split() == ["False", "True"]
 
 
 # --- Input validation ------------------------------------------------------------------------------------------------

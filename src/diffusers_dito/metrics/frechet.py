@@ -4,15 +4,19 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.image.fid import NoTrainInceptionV3
-from transformers import Dinov2Model
 
 from ._inputs import _batches, _check_sets, _to_uint8
 from .weights import DINOV2_PATH_ENV, INCEPTION_WEIGHTS_ENV, MissingWeightsError, _resolve_path
+
+# torchmetrics and transformers are imported where a network is built: importing them costs seconds, which every
+# `import diffusers_dito` (and every training process) would otherwise pay for metrics it may never compute.
+if TYPE_CHECKING:
+    from transformers import Dinov2Model
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,6 +91,8 @@ def _load_inception(inception: str | os.PathLike | None) -> nn.Module:
             "FID from an Inception weights file needs the torch-fidelity package: pip install torch-fidelity "
             "(or pass inception=<nn.Module> taking uint8 images)."
         )
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
     # torchmetrics' wrapper of torch-fidelity's TF-compatible Inception, the network behind published FIDs
     return NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
 
@@ -146,7 +152,9 @@ def frechet_inception_distance(
     return frechet_distance(features, reference_features)
 
 
-def _load_dinov2(dinov2: str | os.PathLike | None) -> Dinov2Model:
+def _load_dinov2(dinov2: str | os.PathLike | None) -> "Dinov2Model":
+    from transformers import Dinov2Model
+
     path = _resolve_path(dinov2, DINOV2_PATH_ENV)
     has_files = path is not None and (path / "config.json").is_file()
     if not has_files or not (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
@@ -161,7 +169,7 @@ def _load_dinov2(dinov2: str | os.PathLike | None) -> Dinov2Model:
 def frechet_dinov2_distance(
     images: torch.Tensor,
     reference_images: torch.Tensor,
-    dinov2: str | os.PathLike | Dinov2Model | None = None,
+    dinov2: "str | os.PathLike | Dinov2Model | None" = None,
     resolution: int = 224,
     batch_size: int = 64,
 ) -> float:

@@ -1,7 +1,6 @@
 """Pixel-space metrics that need no pretrained network: PSNR, SSIM and the high-frequency energy ratio."""
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ._inputs import _check_pair
 
@@ -31,6 +30,9 @@ def psnr(reconstructions: torch.Tensor, originals: torch.Tensor) -> float:
         ```
     """
     reconstructions, originals = _check_pair("reconstructions", reconstructions, "originals", originals)
+    # Imported here: importing torchmetrics costs seconds, which every `import diffusers_dito` would pay otherwise.
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     value = peak_signal_noise_ratio(reconstructions, originals, data_range=2.0, dim=(1, 2, 3))
     return float(value)
 
@@ -60,6 +62,8 @@ def ssim(reconstructions: torch.Tensor, originals: torch.Tensor) -> float:
         ```
     """
     reconstructions, originals = _check_pair("reconstructions", reconstructions, "originals", originals, min_size=11)
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return float(structural_similarity_index_measure(reconstructions, originals, data_range=2.0))
 
 

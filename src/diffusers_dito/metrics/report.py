@@ -2,10 +2,10 @@
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import Dinov2Model
 
 from ._inputs import _check_images, _check_pair
 from .frechet import frechet_dinov2_distance, frechet_inception_distance
@@ -13,6 +13,9 @@ from .perceptual import lpips
 from .pixel import high_frequency_energy_ratio, psnr, ssim
 from .swd import sliced_wasserstein_distance
 from .weights import MissingWeightsError
+
+if TYPE_CHECKING:  # importing transformers costs seconds; only the annotations name it
+    from transformers import Dinov2Model
 
 
 @dataclass
@@ -42,7 +45,7 @@ def compute_metrics(
     reconstructions: torch.Tensor,
     originals: torch.Tensor,
     inception: str | os.PathLike | nn.Module | None = None,
-    dinov2: str | os.PathLike | Dinov2Model | None = None,
+    dinov2: "str | os.PathLike | Dinov2Model | None" = None,
     lpips_backbone: str | os.PathLike | None = None,
     seed: int = 0,
     batch_size: int = 64,
@@ -102,7 +105,7 @@ def compute_generation_metrics(
     samples: torch.Tensor,
     reference_images: torch.Tensor,
     inception: str | os.PathLike | nn.Module | None = None,
-    dinov2: str | os.PathLike | Dinov2Model | None = None,
+    dinov2: "str | os.PathLike | Dinov2Model | None" = None,
     seed: int = 0,
     batch_size: int = 64,
 ) -> MetricsReport:
