@@ -9,6 +9,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# pytest-xdist (`-n auto` in pyproject.toml) runs one worker per core: each worker, and every process it starts,
+# gets its share of the cores, so that workers do not fight over them (subprocesses' torch reads `OMP_NUM_THREADS`).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 # `trust_remote_code` loading copies the folder's pipeline.py into the modules cache: keep it out of ~/.cache, in a
 # folder removed when the session ends (subprocesses of the tests inherit the variable and use the same folder).
 if "HF_MODULES_CACHE" not in os.environ:
@@ -21,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(THREADS)
 
 
 def tiny_dito_config(**overrides) -> dict:
@@ -75,13 +82,14 @@ def run_python(code: str, *args: str, cwd: Path, **env: str) -> subprocess.Compl
     return result
 
 
-def train_dito_tiny(next_batch, steps: int):
-    """dito-tiny from seed 0, trained with AdamW (lr 2e-3) on `next_batch(generator)` for `steps` steps."""
+def train_dito_tiny(next_batch, steps: int, config: dict | None = None, lr: float = 2e-3):
+    """A DiTo (dito-tiny unless `config` is given) from seed 0, trained with AdamW at `lr` on `next_batch(generator)`
+    for `steps` steps."""
     from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
 
     torch.manual_seed(0)
-    vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    vae = AutoencoderDiTo.from_config(config or DITO_PRESETS["dito-tiny"])
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         loss = dito_flow_matching_loss(vae, next_batch(g), generator=g).loss
@@ -91,21 +99,69 @@ def train_dito_tiny(next_batch, steps: int):
     return vae.eval()
 
 
+def trained_once(tmp_path_factory, name: str, train):
+    """`train()`'s AutoencoderDiTo, trained once per test run. Under pytest-xdist, session fixtures run once per
+    worker: the first worker to need the model trains and saves it, and any other loads it (the pattern of
+    pytest-xdist's docs), so a run pays for each trained model once whatever the number of workers."""
+    from diffusers_dito import AutoencoderDiTo
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return train()
+    folder = tmp_path_factory.getbasetemp().parent / name  # shared by the workers of this run
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "config.json").is_file():
+            train().save_pretrained(folder)
+    return AutoencoderDiTo.from_pretrained(folder).eval()
+
+
+# The test modules that use `overfit_tiny` or `photo_tiny`.
+TRAINED_MODEL_MODULES = (
+    "tests/test_sign_check.py::",
+    "tests/models/test_tiling.py::",
+    "tests/training/test_distill_dito.py::",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's `--dist loadgroup` (pyproject.toml), with the modules that use a trained model in one group:
+    one worker runs them all, so the models are trained once and no worker waits idle for another's training, and
+    the other tests are handed out one at a time. (The group is named here by module because pytest-xdist 3.8 cannot
+    read `xdist_group` marks under pytest 9.2, whose node ids it no longer rewrites.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class TrainedModelGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "trained_tiny" if nodeid.startswith(TRAINED_MODEL_MODULES) else super()._split_scope(nodeid)
+
+    return TrainedModelGroupScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
-def overfit_tiny():
-    """dito-tiny trained for 200 steps on 4 smooth 32² images; shared by the sign check and the tiling tests."""
+def overfit_tiny(tmp_path_factory):
+    """The 0.3M-parameter `tiny_dito_config` DiTo trained for 350 steps on 4 smooth 32² images (lr 5e-3); shared by
+    the sign check and the tiling tests. (dito-tiny, 4.9M parameters, needed 200 steps at twice the cost.)"""
     x = smooth_images(4, 32)
-    return train_dito_tiny(lambda g: x, steps=200), x
+
+    def train():
+        return train_dito_tiny(lambda g: x, steps=350, config=tiny_dito_config(), lr=5e-3)
+
+    return trained_once(tmp_path_factory, "overfit_tiny", train), x
 
 
 @pytest.fixture(scope="session")
-def photo_tiny():
+def photo_tiny(tmp_path_factory):
     """dito-tiny trained for 150 steps on random 32² crops of the training photos. Unlike `overfit_tiny` it
     generalises to held-out photos and to larger images, which the tiling tests decode."""
     from diffusers_dito.sample_data import TRAIN_PHOTOS, photo_crops
 
-    data = photo_crops(256, 32, 32, TRAIN_PHOTOS, seed=0)  # (256, 3, 32, 32)
-    return train_dito_tiny(lambda g: data[torch.randint(0, len(data), (8,), generator=g)], steps=150)
+    def train():
+        data = photo_crops(256, 32, 32, TRAIN_PHOTOS, seed=0)  # (256, 3, 32, 32) in [-1, 1]
+        return train_dito_tiny(lambda g: data[torch.randint(0, len(data), (8,), generator=g)], steps=150)
+
+    return trained_once(tmp_path_factory, "photo_tiny", train)
 
 
 @pytest.fixture(scope="session")

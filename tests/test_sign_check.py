@@ -10,7 +10,7 @@ from conftest import psnr
 
 
 def test_tiny_model_overfits_and_its_own_decode_reconstructs(overfit_tiny):
-    vae, x = overfit_tiny  # dito-tiny after 200 AdamW steps of `dito_flow_matching_loss` on 4 images (conftest)
+    vae, x = overfit_tiny  # a tiny DiTo after 350 AdamW steps of `dito_flow_matching_loss` on 4 images (conftest)
     with torch.no_grad():
         z = vae.encode(x).latents
         rec = vae.decode(z, num_inference_steps=20, generator=torch.Generator().manual_seed(0)).sample
