@@ -358,3 +358,44 @@ def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(gpu
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(report, default=str))
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "RuntimeError: boom" in markdown and ": timeout" in markdown and ": skipped" in markdown
+
+
+# ------------------------------------------------------------------------------------------------- distill_recipes.py
+def test_distill_recipes_caches_the_teachers_pairs_once_and_scores_each_variant(tmp_path, capsys):
+    import numpy as np
+    import PIL.Image
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from conftest import tiny_dito_config
+    from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss
+
+    recipes = load_benchmark("distill_recipes.py", siblings=())
+    demo = tmp_path / "demo"  # what training/demo.py leaves: pipeline/ and data/{train,held_out}/
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_dito_config(num_inference_steps=2))
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(demo / "pipeline")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("held_out", 2)):
+        (demo / "data" / split).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            PIL.Image.fromarray(pixels).save(demo / "data" / split / f"{i}.png")
+    argv = ["--demo_dir", str(demo), "--output_dir", str(tmp_path / "out"), "--pairs", "4", "--batch_size", "2"]
+    argv += ["--teacher_steps", "2", "--steps", "3", "--eval_every", "2"]
+
+    first = recipes.main(recipes.parse_args([*argv, "--name", "l2"]))
+    assert "cached 4 pairs" in capsys.readouterr().out
+    assert [row["step"] for row in first["history"]] == [2, 3]  # every --eval_every steps, and the last
+    keys = ("psnr", "swd", "fine", "coarse", "psnr_to_teacher")
+    assert all(math.isfinite(row[key]) for row in first["history"] for key in keys)
+    laplacian = ["--name", "laplacian", "--loss", "laplacian", "--fine_weight", "4"]
+    second = recipes.main(recipes.parse_args([*argv, *laplacian]))
+    assert "cached" not in capsys.readouterr().out  # the second variant reads the first one's teacher decodes
+    assert json.loads((tmp_path / "out" / "laplacian.json").read_text())["history"] == second["history"]
+    assert second["history"][-1]["psnr"] != first["history"][-1]["psnr"]  # the loss reached the student
+
+    # Its `laplacian` loss is the batch mean of diffusers_dito.laplacian_l2_loss, summed as the recorded runs were.
+    a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    args = recipes.parse_args([*argv, *laplacian])
+    torch.testing.assert_close(recipes.distance(a, b, args), laplacian_l2_loss(a, b, fine_weight=4.0).mean())
