@@ -399,3 +399,40 @@ def test_distill_recipes_caches_the_teachers_pairs_once_and_scores_each_variant(
     a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     args = recipes.parse_args([*argv, *laplacian])
     torch.testing.assert_close(recipes.distance(a, b, args), laplacian_l2_loss(a, b, fine_weight=4.0).mean())
+
+
+# ---------------------------------------------------------------------------------------------- distill_noise_check.py
+def test_distill_noise_check_decodes_teacher_and_student_from_the_same_noise(tmp_path):
+    import numpy as np
+    import PIL.Image
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from conftest import tiny_dito_config
+    from diffusers_dito import AutoencoderDiTo, DiToPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_dito_config(num_inference_steps=2))
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "teacher")
+    vae.save_pretrained(tmp_path / "same")  # a bare AutoencoderDiTo folder, the teacher's weights and steps
+    vae.register_to_config(num_inference_steps=1)
+    vae.save_pretrained(tmp_path / "one_step")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("held_out", 2)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
+    argv = ["--teacher", str(tmp_path / "teacher"), "--train_dir", str(tmp_path / "train")]
+    argv += ["--held_out_dir", str(tmp_path / "held_out"), "--num_pairs", "4", "--sample", "2"]
+    check = load_benchmark("distill_noise_check.py")
+
+    same = check.main(check.parse_args([*argv, "--student", str(tmp_path / "same")]))
+    assert [row["images"] for row in same["rows"]] == [2, 2, 2]  # 2 of the 4 cached pairs, then the held-out crops
+    # The same network at the same steps, from the same noise: the decodes are identical in every case.
+    assert all(row["student_to_teacher_psnr"] == math.inf for row in same["rows"])
+    one_step = check.main(
+        check.parse_args([*argv, "--student", str(tmp_path / "one_step"), "--json", str(tmp_path / "out.json")])
+    )
+    assert (one_step["teacher_steps"], one_step["student_steps"]) == (2, 1)
+    assert all(math.isfinite(row["student_to_teacher_psnr"]) for row in one_step["rows"])
+    assert json.loads((tmp_path / "out.json").read_text())["rows"] == one_step["rows"]
