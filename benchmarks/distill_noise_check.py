@@ -21,7 +21,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common import markdown_table, write_json
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from training.data import seed_from  # noqa: E402
 from training.distill_dito import TeacherTargetCache  # noqa: E402
-from training.evaluation import list_image_files, load_image, to_float  # noqa: E402
+from training.evaluation import list_image_files, load_images  # noqa: E402
 
 from diffusers_dito import AutoencoderDiTo  # noqa: E402
 from diffusers_dito.metrics import psnr  # noqa: E402
@@ -54,12 +53,6 @@ def parse_args(argv=None):
 def load_vae(folder: str) -> AutoencoderDiTo:
     path = Path(folder)
     return AutoencoderDiTo.from_pretrained(path / "vae" if (path / "vae").is_dir() else path).eval()
-
-
-def load_images(files: list[Path]) -> torch.Tensor:
-    return to_float(
-        torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files])
-    )  # (N, 3, H, W)
 
 
 @torch.no_grad()

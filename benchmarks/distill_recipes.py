@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from training.data import seed_from  # noqa: E402
 from training.distill_dito import TeacherTargetCache  # noqa: E402
-from training.evaluation import list_image_files, load_image, to_float  # noqa: E402
+from training.evaluation import list_image_files, load_images  # noqa: E402
 
 from diffusers_dito import AutoencoderDiTo  # noqa: E402
 from diffusers_dito.metrics import psnr, sliced_wasserstein_distance  # noqa: E402
@@ -54,10 +53,6 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="distill-recipes")
     parser.add_argument("--cache_dir", default=None, help="Where the teacher's decodes are kept (default: output).")
     return parser.parse_args(argv)
-
-
-def load_images(files: list[Path]) -> torch.Tensor:
-    return to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from common import machine_info, markdown_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
 
-from training.evaluation import labelled_grid, list_image_files, load_image, to_float  # noqa: E402
+from training.evaluation import labelled_grid, list_image_files, load_image, load_images  # noqa: E402
 
 from diffusers_dito.metrics import psnr  # noqa: E402
 from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
@@ -116,11 +116,6 @@ def decode_times(args, teacher_default: int, resolution: int) -> dict:
             "teacher": {n: r["teacher_s_per_image"] for n, r in zip(steps, rows[1:])},
         }
     return times
-
-
-def load_images(files: list[Path]) -> torch.Tensor:
-    """The images as one (B, 3, H, W) batch in [-1, 1] (the figure and the band errors both start from it)."""
-    return to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
 
 
 @torch.no_grad()

@@ -104,6 +104,11 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1
 
 
+def load_images(files: list[str | os.PathLike]) -> torch.Tensor:
+    """Image files of one size as one float batch `(N, 3, H, W)` in [-1, 1] (the benchmark scripts' held-out crops)."""
+    return to_float(torch.stack([torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1) for f in files]))
+
+
 # ------------------------------------------------------------------------------------------------------- grids
 def image_grid(rows: list[list[np.ndarray]]) -> PIL.Image.Image:
     r"""
