@@ -178,9 +178,8 @@ def spread(args, rows: list[dict], teacher_default: int) -> list[dict]:
     for seed in args.spread_seeds:
         seeded = argparse.Namespace(**{**vars(args), "seed": seed})
         for row in scored:
-            model = args.teacher if row["model"] == "teacher" else args.student[int(row["model"].split()[1])]
             name = f"spread-{row['model'].replace(' ', '')}-seed{seed}"
-            per_seed[(row["model"], seed)] = evaluate(model, row["steps"], seeded, name)
+            per_seed[(row["model"], seed)] = evaluate(row["folder"], row["steps"], seeded, name)
     seeds = [args.seed, *args.spread_seeds]
     summary = []
     for row in scored:
@@ -237,15 +236,17 @@ def main(args) -> dict:
 
     rows = []
     for steps in sorted({TEACHER_MANY_STEPS, teacher_default, 1}, reverse=True):
-        rows.append({"model": "teacher", "steps": steps, **evaluate(args.teacher, steps, args, f"teacher-{steps}")})
+        metrics = evaluate(args.teacher, steps, args, f"teacher-{steps}")
+        rows.append({"model": "teacher", "folder": args.teacher, "steps": steps, **metrics})
     for k, (folder, student) in enumerate(zip(args.student, students)):
         steps = int(student.config.num_inference_steps)
-        rows.append({"model": f"student {k}", "steps": steps, **evaluate(folder, steps, args, f"student{k}-{steps}")})
+        metrics = evaluate(folder, steps, args, f"student{k}-{steps}")
+        rows.append({"model": f"student {k}", "folder": folder, "steps": steps, **metrics})
 
     resolution = load_image(list_image_files(args.data_dir, 1)[0]).size[0]
     times = decode_times(args, teacher_default, resolution)
     for row in rows:  # every ratio within one timing run; the teacher's rows from the first
-        run = times[args.student[0 if row["model"] == "teacher" else int(row["model"].split()[1])]]
+        run = times[args.student[0] if row["model"] == "teacher" else row["folder"]]
         row["s_per_image"] = run["teacher"][row["steps"]] if row["model"] == "teacher" else run["student"]
         row["time_over_kl"] = row["s_per_image"] / run["kl"]
         # over 1/N of the teacher's N-step decode (N: the teacher's default), timed in the same run
@@ -259,7 +260,7 @@ def main(args) -> dict:
     bands = error_bands(args, teacher, students, teacher_default)
     machine = machine_info(torch.device("cpu"))
     print(f"\n## distillation: teacher {args.teacher} (default {teacher_default} steps), {machine}\n")
-    print(markdown_table(rows))
+    print(markdown_table([{k: v for k, v in row.items() if k != "folder"} for row in rows]))
     print()
     print(markdown_table(checks))
     if bands:
