@@ -6,6 +6,7 @@ from .losses import (
     dito_flow_matching_loss,
     laplacian_l2_loss,
     latent_flow_matching_loss,
+    patch_sliced_wasserstein_loss,
 )
 from .models import (
     DIT_PRESETS,
@@ -33,4 +34,5 @@ __all__ = [
     "dito_flow_matching_loss",
     "laplacian_l2_loss",
     "latent_flow_matching_loss",
+    "patch_sliced_wasserstein_loss",
 ]
