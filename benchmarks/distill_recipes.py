@@ -32,7 +32,10 @@ from training.data import seed_from  # noqa: E402
 from training.distill_dito import TeacherTargetCache  # noqa: E402
 from training.evaluation import list_image_files, load_images  # noqa: E402
 
-from diffusers_dito import AutoencoderDiTo  # noqa: E402
+from diffusers_dito import (
+    AutoencoderDiTo,  # noqa: E402
+    patch_sliced_wasserstein_loss,  # noqa: E402
+)
 from diffusers_dito.metrics import psnr, sliced_wasserstein_distance  # noqa: E402
 from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
 
@@ -44,6 +47,16 @@ def parse_args(argv=None):
     parser.add_argument("--loss", choices=["l2", "l1", "laplacian"], default="l2")
     parser.add_argument("--fine_weight", type=float, default=4.0, help="--loss laplacian: the finest band's weight.")
     parser.add_argument("--data_weight", type=float, default=0.0, help="Weight of an L2 term to the images.")
+    parser.add_argument(
+        "--swd_weight", type=float, default=0.0, help="Weight of the patch sliced-Wasserstein term to the targets."
+    )
+    parser.add_argument(
+        "--swd_noise",
+        choices=["cached", "fresh"],
+        default="fresh",
+        help="--swd_weight: the term compares the targets with the student's decode of the cached noise, or with a "
+        "second decode from noise drawn afresh each step (which needs no teacher decode of its own).",
+    )
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--pairs", type=int, default=1024)
@@ -134,6 +147,15 @@ def main(args) -> dict:
             loss = distance(sample, targets[batch], args)
             if args.data_weight:
                 loss = loss + args.data_weight * (sample - images[batch]).pow(2).mean()
+            if args.swd_weight:
+                unpaired = sample
+                if args.swd_noise == "fresh":
+                    fresh = [torch.Generator().manual_seed(seed_from(1, step, i)) for i in batch.tolist()]
+                    unpaired = student.decode(latents[batch], generator=fresh, num_inference_steps=1).sample
+                directions = torch.Generator().manual_seed(step)
+                loss = loss + args.swd_weight * patch_sliced_wasserstein_loss(
+                    unpaired, targets[batch], generator=directions
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -35,7 +35,7 @@ import torch
 from accelerate.logging import get_logger
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 
-from diffusers_dito import AutoencoderDiTo, laplacian_l2_loss
+from diffusers_dito import AutoencoderDiTo, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 
 # Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
@@ -66,7 +66,10 @@ from training.reliability import RunGuard, lock_output_dir, run_script
 
 logger = get_logger(__name__, log_level="INFO")
 
-LOSS_LOGS = {"distill_loss": "distill_loss", "data_loss": "data_loss"}  # per-sample loss terms -> logged means
+LOSS_LOGS = {"distill_loss": "distill_loss", "data_loss": "data_loss", "swd_loss": "swd_loss"}  # terms -> logged means
+SWD_NOISES = ("fresh", "paired")
+SWD_MIN_RESOLUTION = 14  # patch_sliced_wasserstein_loss's defaults: 7 px patches on the 2 finest pyramid levels
+FRESH_NOISE_KEY = 0x6672657368  # seed_from(seed, rank, epoch, batch, FRESH_NOISE_KEY): the --swd_noise fresh draws
 LOSS_TYPES = ("l2", "laplacian")
 MAX_STUDENT_STEPS = 2
 
@@ -128,6 +131,20 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         help="--loss_type laplacian: pyramid levels (band-pass levels and the low-pass residual).",
     )
     model.add_argument(
+        "--swd_loss_weight",
+        type=float,
+        default=0.0,
+        help="Weight of a distribution term: the patch sliced-Wasserstein distance between the student's decodes and "
+        "the teacher's (diffusers_dito.losses.patch_sliced_wasserstein_loss; 0: none; docs/distillation.md).",
+    )
+    model.add_argument(
+        "--swd_noise",
+        choices=SWD_NOISES,
+        default="fresh",
+        help="--swd_loss_weight: fresh: the term scores a second student decode, from noise drawn afresh each step "
+        "(no teacher decode of its own); paired: it scores the decode of the targets' own noise.",
+    )
+    model.add_argument(
         "--cache_teacher_targets",
         action="store_true",
         help="Small data: decode each training image's target once, from noise fixed per image, keep it in memory "
@@ -159,6 +176,10 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     arguments.check_data_source(args, parser)
     if not 0.0 <= args.data_loss_weight < float("inf"):
         parser.error(f"--data_loss_weight must be a finite number >= 0, got {args.data_loss_weight}.")
+    if not 0.0 <= args.swd_loss_weight < float("inf"):
+        parser.error(f"--swd_loss_weight must be a finite number >= 0, got {args.swd_loss_weight}.")
+    if args.swd_loss_weight and args.resolution < SWD_MIN_RESOLUTION:
+        parser.error(f"--swd_loss_weight needs --resolution >= {SWD_MIN_RESOLUTION} (7 px patches, 2 pyramid levels).")
     if not 0.0 < args.laplacian_fine_weight < float("inf"):
         parser.error(f"--laplacian_fine_weight must be a finite number > 0, got {args.laplacian_fine_weight}.")
     if args.loss_type == "laplacian" and args.resolution < 3 * 2 ** (args.laplacian_levels - 1):
@@ -200,16 +221,27 @@ class DistillationObjective(torch.nn.Module):
         loss_type: str = "l2",
         laplacian_levels: int = 3,
         laplacian_fine_weight: float = 4.0,
+        swd_loss_weight: float = 0.0,
+        swd_noise: str = "fresh",
     ):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {loss_type!r}.")
+        if swd_noise not in SWD_NOISES:
+            raise ValueError(f"`swd_noise` must be one of {SWD_NOISES}, got {swd_noise!r}.")
         self.student, self.student_steps, self.data_loss_weight = student, student_steps, data_loss_weight
         self.loss_type = loss_type
         self.laplacian = {"num_levels": laplacian_levels, "fine_weight": laplacian_fine_weight}
+        self.swd_loss_weight, self.swd_noise = swd_loss_weight, swd_noise
 
     def forward(
-        self, latents: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, noise_seed: int | list[int]
+        self,
+        latents: torch.Tensor,
+        targets: torch.Tensor,
+        images: torch.Tensor,
+        noise_seed: int | list[int],
+        fresh_seed: int = 0,
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         # The same seed(s) as the teacher's decode: the same ε, drawn by `decode` itself.
         generator = noise_generators(noise_seed, latents.device)
@@ -220,7 +252,26 @@ class DistillationObjective(torch.nn.Module):
             distill_loss = (sample.float() - targets.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
         data_loss = (sample.float() - images.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
         loss = distill_loss + self.data_loss_weight * data_loss if self.data_loss_weight else distill_loss
-        return {"per_sample_loss": loss, "distill_loss": distill_loss, "data_loss": data_loss}
+        swd_loss = self.distribution_loss(latents, targets, sample, fresh_seed, valid)  # scalar: one per batch
+        if self.swd_loss_weight:
+            loss = loss + self.swd_loss_weight * swd_loss
+        swd_loss = swd_loss.detach().expand_as(distill_loss)  # (B,), for the per-sample logs
+        return {"per_sample_loss": loss, "distill_loss": distill_loss, "data_loss": data_loss, "swd_loss": swd_loss}
+
+    def distribution_loss(
+        self, latents: torch.Tensor, targets: torch.Tensor, sample: torch.Tensor, fresh_seed: int, valid
+    ) -> torch.Tensor:
+        """The batch's patch SWD to the teacher's decodes (0 without --swd_loss_weight), on the readable images.
+        With fresh noise the student decodes the same latents again from ε drawn from `fresh_seed`: the term
+        needs no teacher decode of that noise, so the student meets new noise every step."""
+        keep = slice(None) if valid is None else valid.bool()
+        if not self.swd_loss_weight or not bool(targets[keep].shape[0]):
+            return sample.new_zeros(())
+        if self.swd_noise == "fresh":
+            generator = torch.Generator(device=latents.device).manual_seed(fresh_seed)
+            sample = self.student.decode(latents, generator=generator, num_inference_steps=self.student_steps).sample
+        directions = torch.Generator().manual_seed(fresh_seed)  # CPU: the same directions on every device
+        return patch_sliced_wasserstein_loss(sample[keep], targets[keep], generator=directions)
 
 
 def noise_generators(noise_seed: int | list[int], device) -> torch.Generator | list[torch.Generator]:
@@ -340,7 +391,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
     objective = DistillationObjective(
         student, args.student_steps, args.data_loss_weight, args.loss_type, args.laplacian_levels,
-        args.laplacian_fine_weight,
+        args.laplacian_fine_weight, args.swd_loss_weight, args.swd_noise,
     )  # fmt: skip
     objective, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         objective, optimizer, train_dataloader, lr_scheduler
@@ -390,7 +441,11 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
                     latents, targets = teacher_targets(teacher, images, noise_seed, teacher_steps, accelerator)
                 else:  # ε fixed per image, its target decoded once
                     images, latents, targets, noise_seed = cache.lookup(batch, accelerator)
-                out = objective(latents, targets, images, noise_seed)
+                # the --swd_noise fresh draws and the SWD's directions: a function of (rank, epoch, batch) too
+                fresh_seed = seed_from(
+                    args.seed, accelerator.process_index, epoch, progress.batches_in_epoch, FRESH_NOISE_KEY
+                )
+                out = objective(latents, targets, images, noise_seed, fresh_seed, batch["valid"])
                 loss = steps.masked_mean(out["per_sample_loss"], batch["valid"])  # unreadable images weigh nothing
                 accelerator.backward(loss)
                 stats.add(out["per_sample_loss"], None, batch, **{name: out[name] for name in LOSS_LOGS})
@@ -440,9 +495,12 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
 def distillation_loss_name(args: argparse.Namespace) -> str:
     """The loss in words, for the run signature and the model card."""
+    name = args.loss_type
     if args.loss_type == "laplacian":
-        return f"laplacian ({args.laplacian_levels} levels, finest band x{args.laplacian_fine_weight:g})"
-    return args.loss_type
+        name = f"laplacian ({args.laplacian_levels} levels, finest band x{args.laplacian_fine_weight:g})"
+    if args.swd_loss_weight:
+        name += f" + {args.swd_loss_weight:g} x patch SWD ({args.swd_noise} noise)"
+    return name
 
 
 def save_final_model(student: AutoencoderDiTo, args: argparse.Namespace, teacher_steps: int) -> None:

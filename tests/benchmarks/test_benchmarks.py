@@ -394,6 +394,8 @@ def test_distill_recipes_caches_the_teachers_pairs_once_and_scores_each_variant(
     assert "cached" not in capsys.readouterr().out  # the second variant reads the first one's teacher decodes
     assert json.loads((tmp_path / "out" / "laplacian.json").read_text())["history"] == second["history"]
     assert second["history"][-1]["psnr"] != first["history"][-1]["psnr"]  # the loss reached the student
+    third = recipes.main(recipes.parse_args([*argv, *laplacian[2:], "--name", "swd", "--swd_weight", "10"]))
+    assert third["history"][-1]["psnr"] != second["history"][-1]["psnr"]  # so did the fresh-noise SWD term
 
     # Its `laplacian` loss is the batch mean of diffusers_dito.laplacian_l2_loss, summed as the recorded runs were.
     a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)

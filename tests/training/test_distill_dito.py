@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel, FlowMat
 from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 from test_train_dito import _free_port, read_dump, vae_weights
 
-from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss
+from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from diffusers_dito.sample_data import split_crops
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +137,7 @@ def test_resume_with_cached_targets_is_bit_identical(distill_dito, teacher_dir, 
     def run(out: Path, steps: int, *extra: str):
         common = ("--use_ema", "--checkpointing_steps", "3", "--max_train_samples", "16", "--lr_warmup_steps", "2")
         common += ("--cache_teacher_targets", "--no-random_flip")  # 2 batches an epoch: step 3 is mid-epoch
+        common += ("--swd_loss_weight", "1")  # its fresh noise and directions are drawn again on resume
         student = distill_dito.main(
             run_args(distill_dito, out, teacher_dir, image_dir, *common, "--max_train_steps", str(steps), *extra)
         )
@@ -181,6 +182,9 @@ def test_arguments_are_checked_at_start_up(distill_dito, teacher_dir, image_dir,
         (["--cache_teacher_targets"], "give --no-random_flip"),
         (["--laplacian_fine_weight", "0"], "--laplacian_fine_weight must be a finite number > 0"),
         (["--loss_type", "laplacian", "--resolution", "32", "--laplacian_levels", "5"], "below 3 px; use at most 4"),
+        (["--swd_loss_weight", "nan"], "--swd_loss_weight must be a finite number >= 0"),
+        (["--swd_loss_weight", "1", "--resolution", "8"], "--swd_loss_weight needs --resolution >= 14"),
+        (["--swd_noise", "other"], "invalid choice"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             distill_dito.parse_args([*base, *extra])
@@ -202,6 +206,32 @@ def test_loss_type_laplacian_is_the_band_weighted_distance_of_the_decodes(distil
             torch.testing.assert_close(objective(latents, targets, images, 5)["distill_loss"], expected)
 
 
+def test_swd_term_scores_a_fresh_noise_decode_against_the_targets(distill_dito, teacher_dir, crops):
+    student = AutoencoderDiTo.from_pretrained(teacher_dir / "vae")
+    images = crops[1][:3]
+    targets = torch.flip(images, dims=(-1,))  # any target will do
+    valid = torch.tensor([True, False, True])  # the unreadable image takes no part in the set distance
+
+    def decode(seed):
+        return student.decode(latents, num_inference_steps=1, generator=torch.Generator().manual_seed(seed)).sample
+
+    with torch.no_grad():
+        latents = student.encode(images).latents
+        paired_sample, fresh_sample = decode(5), decode(9)
+        for noise, sample in [("fresh", fresh_sample), ("paired", paired_sample)]:
+            objective = distill_dito.DistillationObjective(student, 1, 0.0, "l2", swd_loss_weight=2.0, swd_noise=noise)
+            out = objective(latents, targets, images, 5, fresh_seed=9, valid=valid)
+            swd = patch_sliced_wasserstein_loss(
+                sample[valid], targets[valid], generator=torch.Generator().manual_seed(9)
+            )
+            assert swd > 0
+            torch.testing.assert_close(out["swd_loss"], swd.expand(3))
+            torch.testing.assert_close(out["per_sample_loss"], out["distill_loss"] + 2.0 * swd)
+        # weight 0: no second decode, and the term is zero
+        out = distill_dito.DistillationObjective(student, 1, 0.0, "l2")(latents, targets, images, 5, 9, valid)
+        assert torch.equal(out["per_sample_loss"], out["distill_loss"]) and not out["swd_loss"].any()
+
+
 def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
     env = cpu_launch_env(tmp_path)
     dump = tmp_path / "dump"
@@ -214,6 +244,7 @@ def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
         "--max_train_samples", "8", "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3",
         "--checkpointing_steps", "2", "--validation_steps", "100", "--report_to", "none",
         "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), "--debug_dump_dir", str(dump),
+        "--swd_loss_weight", "1",  # two student decodes inside one DistributedDataParallel forward
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
