@@ -265,7 +265,7 @@ class DistillationObjective(torch.nn.Module):
         With fresh noise the student decodes the same latents again from ε drawn from `fresh_seed`: the term
         needs no teacher decode of that noise, so the student meets new noise every step."""
         keep = slice(None) if valid is None else valid.bool()
-        if not self.swd_loss_weight or not bool(targets[keep].shape[0]):
+        if not self.swd_loss_weight or (valid is not None and not keep.any()):
             return sample.new_zeros(())
         if self.swd_noise == "fresh":
             generator = torch.Generator(device=latents.device).manual_seed(fresh_seed)

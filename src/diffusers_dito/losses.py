@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .metrics.swd import laplacian_pyramid
+from .metrics.swd import laplacian_pyramid, random_unit_directions
 from .models.autoencoder_dito import AutoencoderDiTo
 
 
@@ -319,8 +319,7 @@ def patch_sliced_wasserstein_loss(
     per_level = []
     for band, target_band in bands:
         dim = band.shape[1] * patch_size**2
-        directions = torch.randn(dim, num_directions, generator=generator)  # (D, K), drawn on the CPU
-        directions = (directions / directions.norm(dim=0, keepdim=True)).to(band)
+        directions = random_unit_directions(dim, num_directions, generator, band)  # (D, K)
         # (B, D, L) -> (B·L, D): every neighbourhood of every image, then its projections sorted per direction
         projected = [
             (F.unfold(x, patch_size).transpose(1, 2).reshape(-1, dim) @ directions).sort(dim=0).values

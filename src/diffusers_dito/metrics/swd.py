@@ -86,6 +86,15 @@ def _descriptors(level: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return ((patches - mean) / std).flatten(1)
 
 
+def random_unit_directions(
+    dim: int, count: int, generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
+    """`count` random unit vectors of `dim` components, drawn on the CPU (the same numbers on every device), as the
+    columns of a (dim, count) matrix of `like`'s dtype and device: the slicing directions of the SWD and its loss."""
+    directions = torch.randn(dim, count, generator=generator)  # (D, K)
+    return (directions / directions.norm(dim=0, keepdim=True)).to(like)
+
+
 def _sort_columns(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu":  # numpy's vectorised sort is ~4x faster than torch.sort on CPU, and sorting dominates
         return torch.from_numpy(np.sort(x.numpy(), axis=0))
@@ -167,8 +176,7 @@ def sliced_wasserstein_distance(
         reference_desc = _descriptors(reference_level, index)  # (P, D)
         distances = []
         for _ in range(dir_repeats):
-            directions = torch.randn(desc.shape[1], dirs_per_repeat, generator=generator)  # (D, K)
-            directions = (directions / directions.norm(dim=0, keepdim=True)).to(desc)
+            directions = random_unit_directions(desc.shape[1], dirs_per_repeat, generator, desc)  # (D, K)
             projected = _sort_columns(desc @ directions)  # (P, K)
             reference_projected = _sort_columns(reference_desc @ directions)  # (P, K)
             distances.append((projected - reference_projected).abs().mean())
