@@ -33,6 +33,7 @@ from training.evaluation import list_image_files, load_images  # noqa: E402
 
 from diffusers_dito import AutoencoderDiTo  # noqa: E402
 from diffusers_dito.metrics import psnr  # noqa: E402
+from diffusers_dito.pipelines.loading import load_reconstruction_pipeline  # noqa: E402
 
 FRESH_NOISE_OFFSET = 10_000  # fresh draws: seeds no cached pair and no held-out image uses
 
@@ -48,11 +49,6 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="The distillation's --seed.")
     parser.add_argument("--json", default=None)
     return parser.parse_args(argv)
-
-
-def load_vae(folder: str) -> AutoencoderDiTo:
-    path = Path(folder)
-    return AutoencoderDiTo.from_pretrained(path / "vae" if (path / "vae").is_dir() else path).eval()
 
 
 @torch.no_grad()
@@ -74,7 +70,7 @@ def compare(teacher: AutoencoderDiTo, student: AutoencoderDiTo, images: torch.Te
 
 
 def main(args) -> dict:
-    teacher, student = load_vae(args.teacher), load_vae(args.student)
+    teacher, student = (load_reconstruction_pipeline(folder).vae.eval() for folder in (args.teacher, args.student))
     train_files = list_image_files(Path(args.train_dir))[: args.num_pairs]
     step = max(1, len(train_files) // args.sample)
     indices = list(range(0, len(train_files), step))[: args.sample]

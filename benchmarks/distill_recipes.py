@@ -32,10 +32,7 @@ from training.data import seed_from  # noqa: E402
 from training.distill_dito import TeacherTargetCache  # noqa: E402
 from training.evaluation import list_image_files, load_images  # noqa: E402
 
-from diffusers_dito import (
-    AutoencoderDiTo,  # noqa: E402
-    patch_sliced_wasserstein_loss,  # noqa: E402
-)
+from diffusers_dito import AutoencoderDiTo, patch_sliced_wasserstein_loss  # noqa: E402
 from diffusers_dito.metrics import psnr, sliced_wasserstein_distance  # noqa: E402
 from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
 
