@@ -276,17 +276,9 @@ def metric(runs: list[dict], name: str, key: str) -> list[float]:
     return [r["test"][key] for r in by_name(runs, name)]
 
 
-def summarise(runs, sweep, learning_rate, args, seconds) -> dict:
-    n = len(args.seeds)
-    lines = [f"Seeds {args.seeds}; {args.steps} steps of batch {args.batch_size} at {args.resolution}²; "
-             f"learning rate {learning_rate:g} (AdamW, no clipping); {seconds / 60:.0f} min on {args.workers} "
-             f"workers. Mean ± std over the {n} seeds.", ""]  # fmt: skip
-    if sweep:
-        rows = [{"learning_rate": r["lr"], **{f"val_{k}": v for k, v in r["validation"].items()}} for r in sweep]
-        lines += [f"### Learning-rate sweep (seed {args.seeds[0]}, validation crops)", "", markdown_table(rows), ""]
-
-    # (a) sharpness at a fidelity cost
-    rows, verdicts = [], {}
+def claim_a_section(runs) -> tuple[list[str], str]:
+    """(a) sharpness at a fidelity cost: DiTo against the deterministic L2 autoencoder. Report lines and verdict."""
+    rows = []
     for name in ("dito", "ae"):
         row = {"model": name}
         for key in ("psnr", "ssim", "swd", "hf_energy_ratio"):
@@ -300,12 +292,12 @@ def summarise(runs, sweep, learning_rate, args, seconds) -> dict:
     )
     psnr_cost = statistics.fmean(metric(runs, "ae", "psnr")) - statistics.fmean(metric(runs, "dito", "psnr"))
     if sharp == "better" and psnr_cost <= 2.0:
-        verdicts["a"] = "held"
+        verdict = "held"
     elif sharp == "worse" or psnr_cost > 2.0:
-        verdicts["a"] = "did not hold"
+        verdict = "did not hold"
     else:
-        verdicts["a"] = "inconclusive"
-    lines += [
+        verdict = "inconclusive"
+    lines = [
         "### (a) DiTo against a deterministic L2 autoencoder",
         "",
         markdown_table(rows),
@@ -314,8 +306,11 @@ def summarise(runs, sweep, learning_rate, args, seconds) -> dict:
         f"{psnr_cost:.2f} dB. Rule: held if DiTo is sharper beyond 2 standard errors and costs ≤ 2 dB PSNR.",
         "",
     ]
+    return lines, verdict
 
-    # (b) scaling
+
+def claim_b_section(runs) -> tuple[list[str], str, dict]:
+    """(b) scaling with the decoder's width. Report lines, verdict and the per-metric comparisons."""
     names = ["dito_small", "dito", "dito_large"]
     params = {"dito_small": WIDTHS["small"], "dito": WIDTHS["base"], "dito_large": WIDTHS["large"]}
     rows = []
@@ -333,27 +328,30 @@ def summarise(runs, sweep, learning_rate, args, seconds) -> dict:
         scaling[key] = {"monotone": monotone, "largest_vs_smallest": largest_vs_smallest}
     fidelity = [scaling[k]["largest_vs_smallest"] for k in ("psnr", "ssim")]
     if all(v == "better" for v in fidelity) and all(scaling[k]["monotone"] for k in ("psnr", "ssim")):
-        verdicts["b"] = "held"
+        verdict = "held"
     elif any(v == "worse" for v in fidelity):
-        verdicts["b"] = "did not hold"
+        verdict = "did not hold"
     else:
-        verdicts["b"] = "inconclusive"
-    lines += ["### (b) Decoder width", "", markdown_table(rows), "",
-              "Per metric (largest against smallest, and whether the means improve at every step): "
-              + "; ".join(f"{k}: {v['largest_vs_smallest']}, monotone {v['monotone']}" for k, v in scaling.items())
-              + ". Rule: held if PSNR and SSIM both improve at every width and the largest beats the smallest beyond"
-              " 2 standard errors.", ""]  # fmt: skip
+        verdict = "inconclusive"
+    lines = ["### (b) Decoder width", "", markdown_table(rows), "",
+             "Per metric (largest against smallest, and whether the means improve at every step): "
+             + "; ".join(f"{k}: {v['largest_vs_smallest']}, monotone {v['monotone']}" for k, v in scaling.items())
+             + ". Rule: held if PSNR and SSIM both improve at every width and the largest beats the smallest beyond"
+             " 2 standard errors.", ""]  # fmt: skip
+    return lines, verdict, scaling
 
-    # (c) noise synchronisation
+
+def claim_c_section(runs) -> tuple[list[str], str]:
+    """(c) noise synchronisation: the latent DiT's generation SWD with and without it. Report lines and verdict."""
     synced = [r["generation_swd"] for r in by_name(runs, "dito")]
     plain = [r["generation_swd"] for r in by_name(runs, "dito_p0")]
     effect = compare(synced, plain, higher_is_better=False)
-    verdicts["c"] = {"better": "held", "worse": "did not hold"}.get(effect, "inconclusive")
+    verdict = {"better": "held", "worse": "did not hold"}.get(effect, "inconclusive")
     rows = [
         {"tokenizer": "p = 0.1", "generation_swd": fmt(synced, 4), "recon_psnr": fmt(metric(runs, "dito", "psnr"), 2)},
         {"tokenizer": "p = 0", "generation_swd": fmt(plain, 4), "recon_psnr": fmt(metric(runs, "dito_p0", "psnr"), 2)},
     ]
-    lines += [
+    lines = [
         "### (c) Noise synchronisation: latent-DiT generation",
         "",
         markdown_table(rows),
@@ -361,11 +359,55 @@ def summarise(runs, sweep, learning_rate, args, seconds) -> dict:
         f"Generation SWD with noise sync against without: {effect} (rule: beyond 2 standard errors).",
         "",
     ]
+    return lines, verdict
+
+
+def summarise(runs, sweep, learning_rate, args, seconds) -> dict:
+    n = len(args.seeds)
+    lines = [f"Seeds {args.seeds}; {args.steps} steps of batch {args.batch_size} at {args.resolution}²; "
+             f"learning rate {learning_rate:g} (AdamW, no clipping); {seconds / 60:.0f} min on {args.workers} "
+             f"workers. Mean ± std over the {n} seeds.", ""]  # fmt: skip
+    if sweep:
+        rows = [{"learning_rate": r["lr"], **{f"val_{k}": v for k, v in r["validation"].items()}} for r in sweep]
+        lines += [f"### Learning-rate sweep (seed {args.seeds[0]}, validation crops)", "", markdown_table(rows), ""]
+    lines_a, verdict_a = claim_a_section(runs)
+    lines_b, verdict_b, scaling = claim_b_section(runs)
+    lines_c, verdict_c = claim_c_section(runs)
+    verdicts = {"a": verdict_a, "b": verdict_b, "c": verdict_c}
     verdict_lines = ["### Verdicts", "", f"- (a) sharper at a modest PSNR cost: **{verdicts['a']}**",
                      f"- (b) improves with decoder size: **{verdicts['b']}**",
                      f"- (c) noise sync makes latents easier to generate: **{verdicts['c']}**", ""]  # fmt: skip
-    markdown = "\n".join(verdict_lines + lines)
+    markdown = "\n".join(verdict_lines + lines + lines_a + lines_b + lines_c)
     return {"markdown": markdown, "json": {"verdicts": verdicts, "scaling": scaling, "learning_rate": learning_rate}}
+
+
+METRIC_LABELS = (
+    ("psnr", "PSNR (dB) ↑"),
+    ("ssim", "SSIM ↑"),
+    ("swd", "SWD ↓"),
+    ("hf_energy_ratio", "HF ratio (1 = sharp)"),
+)
+
+
+def seed_points(ax, x: float, values: list[float]) -> None:
+    """Mean ± std of one model's per-seed values at `x`, with each seed as a grey dot."""
+    m, s = mean_std(values)
+    ax.errorbar([x], [m], yerr=[s], fmt="o", capsize=4)
+    ax.scatter([x] * len(values), values, s=8, color="grey", zorder=3)
+
+
+def metrics_figure(plt, runs, names: tuple[str, ...], ticks: list[str], title: str, path: Path) -> None:
+    """One panel per metric, the models `names` side by side."""
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+    for ax, (key, label) in zip(axes, METRIC_LABELS):
+        for x, name in enumerate(names):
+            seed_points(ax, x, metric(runs, name, key))
+        ax.set_xticks(list(range(len(names))), ticks)
+        ax.set_title(label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def figures(runs, sweep, out: Path, args) -> None:
@@ -374,25 +416,9 @@ def figures(runs, sweep, out: Path, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("swd", "SWD ↓"), ("hf_energy_ratio", "HF ratio (1 = sharp)"))
-
-    def points(ax, x, name, key, **kw):
-        values = metric(runs, name, key)
-        m, s = mean_std(values)
-        ax.errorbar([x], [m], yerr=[s], fmt="o", capsize=4, **kw)
-        ax.scatter([x] * len(values), values, s=8, color="grey", zorder=3)
-
     # (a): metrics, and a grid of held-out examples (original | DiTo | AE), seed 0
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3))
-    for ax, (key, label) in zip(axes, keys):
-        for x, name in enumerate(("dito", "ae")):
-            points(ax, x, name, key)
-        ax.set_xticks([0, 1], ["DiTo", "L2 AE"])
-        ax.set_title(label)
-    fig.suptitle(f"(a) DiTo vs deterministic AE, held-out crops, mean ± std over seeds {args.seeds}")
-    fig.tight_layout()
-    fig.savefig(out / "claim_a.png", dpi=100)
-    plt.close(fig)
+    title = f"(a) DiTo vs deterministic AE, held-out crops, mean ± std over seeds {args.seeds}"
+    metrics_figure(plt, runs, ("dito", "ae"), ["DiTo", "L2 AE"], title, out / "claim_a.png")
     originals = to_uint8(split_crops("held_out", 8, args.resolution, seed=1))
     dito, ae = (np.asarray(by_name(runs, n)[0]["examples"], dtype=np.uint8) for n in ("dito", "ae"))
     enlarge = lambda image: image.repeat(3, axis=0).repeat(3, axis=1)  # noqa: E731 (nearest neighbour, 3×)
@@ -400,24 +426,15 @@ def figures(runs, sweep, out: Path, args) -> None:
     labelled_grid(rows, ["original", "DiTo", "L2 AE"]).save(out / "claim_a_examples.png")
 
     # (b): metrics against decoder width
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3))
-    for ax, (key, label) in zip(axes, keys):
-        for x, name in enumerate(("dito_small", "dito", "dito_large")):
-            points(ax, x, name, key)
-        ax.set_xticks([0, 1, 2], ["small", "base", "large"])
-        ax.set_title(label)
-    fig.suptitle("(b) DiTo decoder width, held-out crops, mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(out / "claim_b.png", dpi=100)
-    plt.close(fig)
+    title = "(b) DiTo decoder width, held-out crops, mean ± std over seeds"
+    metrics_figure(
+        plt, runs, ("dito_small", "dito", "dito_large"), ["small", "base", "large"], title, out / "claim_b.png"
+    )
 
     # (c): generation SWD per seed, and one sample per class from each tokenizer's DiT (seed 0)
     fig, ax = plt.subplots(figsize=(4, 3))
     for x, name in enumerate(("dito", "dito_p0")):
-        values = [r["generation_swd"] for r in by_name(runs, name)]
-        m, s = mean_std(values)
-        ax.errorbar([x], [m], yerr=[s], fmt="o", capsize=4)
-        ax.scatter([x] * len(values), values, s=8, color="grey", zorder=3)
+        seed_points(ax, x, [r["generation_swd"] for r in by_name(runs, name)])
     ax.set_xticks([0, 1], ["noise sync p=0.1", "p=0"])
     ax.set_title("(c) latent-DiT generation SWD ↓")
     fig.tight_layout()
