@@ -166,11 +166,14 @@ class StreamingImageDataset(_ImageSamples, torch.utils.data.IterableDataset):
         self.hf_dataset.set_epoch(epoch)  # reshuffles the stream with seed + epoch
 
     def __iter__(self):
+        # In a dataloader worker, a `datasets.IterableDataset` yields only that worker's shards (datasets splits
+        # them by torch's worker info; with fewer shards than workers, the extra workers stop), so each example
+        # reaches one worker. Filtering the positions again here would keep 1/N of the stream. Sample ids interleave
+        # the workers' positions so that they stay unique: they seed the augmentation and the decoder noise.
         worker = torch.utils.data.get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         for position, example in enumerate(self.hf_dataset):
-            if position % num_workers == worker_id:  # each worker decodes its own share of the stream
-                yield self.sample(example, position)
+            yield self.sample(example, position * num_workers + worker_id)
 
 
 def collate_samples(examples: list[dict], key: str, shape: tuple[int, ...]) -> dict:
