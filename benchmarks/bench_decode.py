@@ -1,4 +1,4 @@
-"""Decode-time benchmark for AutoencoderDiTo.
+r"""Decode-time benchmark for AutoencoderDiTo.
 
 Reports, all measured side by side in one run:
 - decode time per image against the number of ODE steps;

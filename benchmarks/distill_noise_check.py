@@ -1,4 +1,4 @@
-"""Has a distilled student learned its teacher's map from noise to image, or only the noise draws it was trained on?
+r"""Has a distilled student learned its teacher's map from noise to image, or only the noise draws it was trained on?
 
 `training/distill_dito.py --cache_teacher_targets` pairs each training crop with one noise draw, fixed for the run
 (the seed `seed_from(seed, TeacherTargetCache.NOISE_KEY, index)`). This script decodes, with the teacher (at its

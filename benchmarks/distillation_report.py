@@ -1,4 +1,4 @@
-"""The table and figure of docs/distillation.md: a DiTo teacher and its distilled student(s) on held-out images.
+r"""The table and figure of docs/distillation.md: a DiTo teacher and its distilled student(s) on held-out images.
 
 Rows: the teacher at 50 steps, at its default and at 1 step, and each student at its own default. Columns: PSNR,
 SSIM, SWD and high-frequency ratio (`training/evaluate_dito.py`, image i decoded from the noise of seed + i, so every

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
-"""Distil a trained DiTo's diffusion decoder into a 1-step (or 2-step) student: output distillation with paired noise.
+r"""Distil a trained DiTo's diffusion decoder into a 1-step (or 2-step) student: output distillation with paired noise.
 
 For every batch the frozen teacher encodes the images, z = E(x), and decodes (z, ε) with `--teacher_steps` Euler steps
 of its ODE, without gradient. The student, initialised from the teacher's decoder, decodes the same (z, ε) in

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
-"""Sample a class-conditional DiToDiTPipeline and score the samples against a folder of real images: a sample grid,
+r"""Sample a class-conditional DiToDiTPipeline and score the samples against a folder of real images: a sample grid,
 and SWD (plus gFID and FD-DINOv2 when their weights are given) in metrics.json.
 
 Laid out like diffusers' example scripts (`parse_args()` + `main(args)`). The samples are sharded over processes with

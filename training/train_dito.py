@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
-"""Train a DiTo diffusion autoencoder, or LoRA adapters on its decoder, on an image folder or a `datasets` dataset.
+r"""Train a DiTo diffusion autoencoder, or LoRA adapters on its decoder, on an image folder or a `datasets` dataset.
 
 Adapted from diffusers `examples/unconditional_image_generation/train_unconditional.py` (parse_args/main, accelerate
 hooks that write `save_pretrained` folders into every `checkpoint-N/`, EMA around validation). The exact-resume scheme

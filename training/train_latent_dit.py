@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
-"""Train a class-conditional DiT on the latents of a trained, frozen DiTo: the second stage of the two-stage recipe.
+r"""Train a class-conditional DiT on the latents of a trained, frozen DiTo: the second stage of the two-stage recipe.
 
 The transformer learns flow matching on the scaled latents, (z − shift_factor)·scaling_factor, with target ε − z at
 timestep t·1000 (`diffusers_dito.latent_flow_matching_loss`), so that `DiToDiTPipeline` and its stock
