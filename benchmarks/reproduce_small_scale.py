@@ -276,13 +276,24 @@ def metric(runs: list[dict], name: str, key: str) -> list[float]:
     return [r["test"][key] for r in by_name(runs, name)]
 
 
+METRIC_LABELS = (
+    ("psnr", "PSNR (dB) ↑"),
+    ("ssim", "SSIM ↑"),
+    ("swd", "SWD ↓"),
+    ("hf_energy_ratio", "HF ratio (1 = sharp)"),
+)
+
+
+def metric_cells(runs: list[dict], name: str) -> dict[str, str]:
+    """Mean ± std over the seeds of one model's reconstruction metrics, as report table cells."""
+    return {key: fmt(metric(runs, name, key), 2 if key == "psnr" else 3) for key, _ in METRIC_LABELS}
+
+
 def claim_a_section(runs) -> tuple[list[str], str]:
     """(a) sharpness at a fidelity cost: DiTo against the deterministic L2 autoencoder. Report lines and verdict."""
     rows = []
     for name in ("dito", "ae"):
-        row = {"model": name}
-        for key in ("psnr", "ssim", "swd", "hf_energy_ratio"):
-            row[key] = fmt(metric(runs, name, key), 2 if key == "psnr" else 3)
+        row = {"model": name, **metric_cells(runs, name)}
         row["train_seconds"] = fmt([r["train_seconds"] for r in by_name(runs, name)], 0)
         rows.append(row)
     sharp = compare(
@@ -316,10 +327,8 @@ def claim_b_section(runs) -> tuple[list[str], str, dict]:
     rows = []
     for name in names:
         vae = AutoencoderDiTo.from_config({**DITO_PRESETS[BASE_PRESET], "decoder_block_out_channels": params[name]})
-        row = {"decoder": f"{params[name]} ({sum(p.numel() for p in vae.decoder_unet.parameters()) / 1e6:.2f}M)"}
-        for key in ("psnr", "ssim", "swd", "hf_energy_ratio"):
-            row[key] = fmt(metric(runs, name, key), 2 if key == "psnr" else 3)
-        rows.append(row)
+        decoder = f"{params[name]} ({sum(p.numel() for p in vae.decoder_unet.parameters()) / 1e6:.2f}M)"
+        rows.append({"decoder": decoder, **metric_cells(runs, name)})
     scaling = {}
     for key, higher in (("psnr", True), ("ssim", True), ("swd", False)):
         means = [statistics.fmean(metric(runs, name, key)) for name in names]
@@ -379,14 +388,6 @@ def summarise(runs, sweep, learning_rate, args, seconds) -> dict:
                      f"- (c) noise sync makes latents easier to generate: **{verdicts['c']}**", ""]  # fmt: skip
     markdown = "\n".join(verdict_lines + lines + lines_a + lines_b + lines_c)
     return {"markdown": markdown, "json": {"verdicts": verdicts, "scaling": scaling, "learning_rate": learning_rate}}
-
-
-METRIC_LABELS = (
-    ("psnr", "PSNR (dB) ↑"),
-    ("ssim", "SSIM ↑"),
-    ("swd", "SWD ↓"),
-    ("hf_energy_ratio", "HF ratio (1 = sharp)"),
-)
 
 
 def seed_points(ax, x: float, values: list[float]) -> None:
