@@ -120,8 +120,8 @@ def test_bench_train(tmp_path):
 
 def test_reproduction_script_runs_tiny_with_seeds_and_verdicts(tmp_path):
     argv = ["--output_dir", str(tmp_path / "out"), "--num_train_crops", "24", "--num_held_out_crops", "8"]
-    argv += ["--steps", "2", "--dit_steps", "2", "--samples_per_class", "2", "--decode_steps", "1"]
-    argv += ["--seeds", "0", "1", "--sweep_learning_rates", "1e-3", "2e-3", "--workers", "2"]
+    argv += ["--steps", "2", "--batch_size", "4", "--dit_steps", "2", "--samples_per_class", "2"]
+    argv += ["--decode_steps", "1", "--seeds", "0", "1", "--sweep_learning_rates", "1e-3", "2e-3", "--workers", "2"]
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "reproduce_small_scale.py"), *argv],
         capture_output=True,

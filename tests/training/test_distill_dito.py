@@ -17,7 +17,7 @@ from diffusers_dito.sample_data import split_crops
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "distill_dito.py"
-TEACHER_STEPS = 4  # the default of the teacher (dito-tiny)
+TEACHER_STEPS = 4  # the default of the teacher (conftest.PHOTO_TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_distillation_improves_the_one_step_decode_on_held_out_crops(distilled, 
         targets = teacher.decode(z, num_inference_steps=TEACHER_STEPS, generator=torch.Generator().manual_seed(1))
     teacher_one_step = decode_distance(teacher, 1, held_out, targets.sample)
     student_one_step = decode_distance(student, 1, held_out, targets.sample)
-    assert student_one_step < 0.5 * teacher_one_step, (student_one_step, teacher_one_step)  # 60 steps: 0.034 -> 0.007
+    assert student_one_step < 0.5 * teacher_one_step, (student_one_step, teacher_one_step)  # 60 steps: 0.056 -> 0.012
     # Not asserted: the distance to the originals. This 150-step toy teacher's own 1-step decode is nearer the
     # originals than its many-step one (its guess of their mean), so the student, which learns the latter, is not;
     # on the demo's model the 1-step PSNR rises from 23.67 to 24.73 dB (docs/distillation.md).
