@@ -52,6 +52,19 @@ def test_bench_decode(tmp_path):
     assert 0.5 < kl["kl_decoder_params"] / kl["dito_decoder_params"] < 2  # a comparable AutoencoderKL
 
 
+def test_bench_import(tmp_path):
+    # The cheapest target (a bare interpreter) and a stdlib breakdown: the script's own logic, without paying for
+    # the stack's import in every fresh process it starts.
+    argv = ["--targets", "python", "--repeats", "2", "--breakdown", "import json", "--top", "2"]
+    result = run("bench_import.py", *argv, tmp_path=tmp_path)
+    assert [row["target"] for row in result["rows"]] == ["python"] and result["rows"][0]["wall_vs_python"] == 1
+    assert finite_positive(result["rows"][0]["wall_s"]) and finite_positive(result["rows"][0]["cpu_s"])
+    breakdown = result["breakdown"]["rows"]
+    assert len(breakdown) == 3 and breakdown[-1]["package"].endswith("others)")  # the top 2, then the rest
+    assert breakdown[0]["self_s"] >= breakdown[1]["self_s"] > 0  # largest first
+    assert sum(row["fraction"] for row in breakdown) == pytest.approx(1.0)
+
+
 def test_bench_tiling(tmp_path):
     result = run(
         "bench_tiling.py",
