@@ -11,16 +11,16 @@ the packages that a statement pulls in (diffusers imports peft, and peft transfo
 """
 
 import argparse
+import functools
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from common import machine_info, markdown_table, write_json
+from common import interleaved_medians, machine_info, markdown_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> the command line after the interpreter. A script's `--help` imports everything the script imports.
@@ -49,14 +49,12 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def start(command: list[str]) -> tuple[float, float]:
-    """Wall-clock and CPU (user + system) seconds of one fresh interpreter running `command`."""
+def start(command: list[str]) -> float:
+    """CPU (user + system) seconds of one fresh interpreter running `command`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    begin = time.perf_counter()
     subprocess.run([sys.executable, *command], check=True, capture_output=True, cwd=ROOT)
-    wall = time.perf_counter() - begin
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def import_breakdown(statement: str, top: int) -> list[dict]:
@@ -84,20 +82,20 @@ def import_breakdown(statement: str, top: int) -> list[dict]:
 
 
 def main(args) -> dict:
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in args.targets}
-    for name in args.targets:  # one unmeasured start each: the .pyc files are written and the page cache is warm
-        start(TARGETS[name])
-    for _ in range(args.repeats):
-        for name in args.targets:
-            times[name].append(start(TARGETS[name]))
-    base_name = "torch" if "torch" in times else args.targets[0]
-    base = statistics.median(wall for wall, _ in times[base_name])
-    rows = []
-    for name, samples in times.items():
-        wall = statistics.median(w for w, _ in samples)
-        rows.append({"target": name, "wall_s": wall, "cpu_s": statistics.median(c for _, c in samples),
-                     f"wall_vs_{base_name}": wall / base})  # fmt: skip
     device = torch.device("cpu")
+    cpu: dict[str, list[float]] = {name: [] for name in args.targets}
+
+    def record(name: str) -> None:
+        cpu[name].append(start(TARGETS[name]))
+
+    starts = {name: functools.partial(record, name) for name in args.targets}
+    # Round-robin wall-clock medians; the one warm-up start each writes the .pyc files and warms the page cache.
+    walls = interleaved_medians(starts, device, args.repeats, warmup=1)
+    base_name = "torch" if "torch" in walls else args.targets[0]
+    rows = []
+    for name, wall in walls.items():
+        rows.append({"target": name, "wall_s": wall, "cpu_s": statistics.median(cpu[name][1:]),  # past the warm-up
+                     f"wall_vs_{base_name}": wall / walls[base_name]})  # fmt: skip
     print(f"\n## bench_import: fresh interpreters, median of {args.repeats}, {machine_info(device)}\n")
     print(markdown_table(rows))
     result = {"args": vars(args), "machine": machine_info(device), "rows": rows}
