@@ -134,24 +134,42 @@ def image_grid(rows: list[list[np.ndarray]]) -> PIL.Image.Image:
 
 def labelled_grid(rows: list[list[np.ndarray]], labels: list[str], label_height: int = 26) -> PIL.Image.Image:
     r"""
-    `image_grid(rows)` under a header that names each column (PIL's built-in font, white on black; up to two lines).
+    `image_grid(rows)` under a header that names each column (PIL's built-in font, white on black; two lines fit in
+    `label_height`). A line wider than its column is broken to fit, and the header grows to hold it, so a long
+    folder name is shown whole rather than cut at the image's edge.
 
     Examples:
         ```py
         >>> tile = np.zeros((8, 10, 3), dtype=np.uint8)
         >>> labelled_grid([[tile, tile]], ["a", "b"]).size
         (20, 34)
+        >>> labelled_grid([[tile, tile]], ["a", "a much longer name"]).height > 34
+        True
 
         ```
     """
     grid = image_grid(rows)
+    cell_w = grid.width // max(len(row) for row in rows)
+    measure = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
+    texts = ["\n".join(fit_line(line, cell_w - 4, measure) for line in label.split("\n")) for label in labels]
+    pitch = measure.multiline_textbbox((0, 0), "A\nA")[3] - measure.textbbox((0, 0), "A")[3]  # one more line
+    label_height += max(0, max(text.count("\n") + 1 for text in texts) - 2) * pitch  # beyond the two that fit
     canvas = PIL.Image.new("RGB", (grid.width, grid.height + label_height))
     canvas.paste(grid, (0, label_height))
     draw = PIL.ImageDraw.Draw(canvas)
-    cell_w = grid.width // max(len(row) for row in rows)
-    for c, label in enumerate(labels):
-        draw.text((c * cell_w + 2, 1), label, fill=(255, 255, 255))
+    for c, text in enumerate(texts):
+        draw.text((c * cell_w + 2, 1), text, fill=(255, 255, 255))
     return canvas
+
+
+def fit_line(line: str, width: int, draw: PIL.ImageDraw.ImageDraw) -> str:
+    """`line` broken (at any character) into lines no wider than `width` pixels in `draw`'s font."""
+    pieces = [""]
+    for char in line:
+        if pieces[-1] and draw.textlength(pieces[-1] + char) > width:
+            pieces.append("")
+        pieces[-1] += char
+    return "\n".join(pieces)
 
 
 # ------------------------------------------------------------------------------------------------------- metrics.json
