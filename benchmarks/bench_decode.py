@@ -7,11 +7,13 @@ Reports, all measured side by side in one run:
 - bf16 autocast over fp32, and channels_last over contiguous;
 - with `--student FOLDER` (a distilled DiToPipeline or AutoencoderDiTo, `training/distill_dito.py`): the student's
   decode at its own steps over the AutoencoderKL decode and over the teacher's N-step decodes (N = `--steps`), where
-  the teacher is `--model FOLDER` (a trained DiTo) or the preset.
+  the teacher is `--model FOLDER` (a trained DiTo) or the preset. `--student_speed_options` times the student and
+  the AutoencoderKL again with the same speed option applied to both (NHWC weights; NHWC and `torch.compile` of
+  the decoding network), so the ratio can be read at each side's best as well as in eager fp32.
 
     python benchmarks/bench_decode.py --preset dito-tiny --resolution 64 --steps 1 2 4 8 --json out/decode.json
     python benchmarks/bench_decode.py --model dito-demo/pipeline --student dito-demo/student --resolution 32 \
-        --batch_size 8 --steps 1 32
+        --batch_size 8 --steps 1 32 --student_speed_options eager channels_last compile
 """
 
 import argparse
@@ -21,9 +23,11 @@ import math
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-from common import interleaved_medians, machine_info, markdown_table, write_json
+from common import count_flops, interleaved_medians, machine_info, markdown_table, write_json
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
+
+STUDENT_SPEED_OPTIONS = ("eager", "channels_last", "compile")
 
 
 def parse_args(argv=None):
@@ -44,6 +48,18 @@ def parse_args(argv=None):
         default=True,
         help="Time bf16 autocast and channels_last against fp32 (--no-speed_flags skips them: on a CPU without bf16 "
         "instructions a bf16 decode takes many times the fp32 one).",
+    )
+    parser.add_argument(
+        "--student_speed_options",
+        nargs="+",
+        choices=STUDENT_SPEED_OPTIONS,
+        default=["eager"],
+        help="With --student: time the student against the AutoencoderKL with each option applied to both alike "
+        "(eager: as loaded; channels_last: NHWC weights; compile: NHWC and torch.compile of the student's decoder "
+        "UNet and the KL's decoder). The pairs are timed interleaved in one more call.",
+    )
+    parser.add_argument(
+        "--compile_backend", default="inductor", help="torch.compile's backend for --student_speed_options compile."
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="Write the results here as JSON.")
@@ -203,7 +219,68 @@ def student_comparisons(args, teacher: AutoencoderDiTo, kl: AutoencoderKL, z: to
                 "expected_ratio": n_student / n,  # 1/N of the teacher's N-step decode
             }
         )
+    if args.student_speed_options != ["eager"]:
+        rows += speed_option_comparisons(args, student, kl, z, device)
     return rows
+
+
+def with_speed_option(model: torch.nn.Module, network: str, option: str, backend: str) -> torch.nn.Module:
+    """`model` as loaded (eager), or a copy with NHWC weights (channels_last), or NHWC with its decoding network
+    `network` compiled in place (compile). The same function serves the student and the KL, so both sides get the
+    same treatment."""
+    if option == "eager":
+        return model
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    if option == "compile":
+        getattr(model, network).compile(backend=backend)
+    return model
+
+
+def speed_option_comparisons(args, student: AutoencoderDiTo, kl: AutoencoderKL, z: torch.Tensor, device) -> list[dict]:
+    """The student's decode over the KL decode with each of `--student_speed_options` applied to both, all pairs
+    timed interleaved in one call (compilation happens in the warm-up calls, outside the timing)."""
+    n_student = student.config.num_inference_steps
+    gen = torch.Generator(device).manual_seed(0)
+    fns, students = {}, {}
+    for option in args.student_speed_options:
+        s = students[option] = with_speed_option(student, "decoder_unet", option, args.compile_backend)
+        k = with_speed_option(kl, "decoder", option, args.compile_backend)
+
+        def student_decode(s=s):
+            with torch.no_grad():
+                s.decode(z, num_inference_steps=n_student, generator=gen)
+
+        def kl_decode(k=k):
+            with torch.no_grad():
+                k.decode(z)
+
+        fns.update({f"student_{option}": student_decode, f"kl_{option}": kl_decode})
+    times = interleaved_medians(fns, device, args.repeats, warmup=2)
+    # The options must not change what is decoded: each variant against the loaded student, from the same noise.
+    with torch.no_grad():
+        decoded = {
+            option: s.decode(z, num_inference_steps=n_student, generator=gen.manual_seed(0)).sample
+            for option, s in students.items()
+        }
+        reference = student.decode(z, num_inference_steps=n_student, generator=gen.manual_seed(0)).sample
+    differences = {option: (x - reference).abs().max().item() for option, x in decoded.items()}
+    # The work each side does, so a time ratio can be read against it (convolutions and matrix products).
+    with torch.no_grad():
+        flops = count_flops(lambda: student.decode(z, num_inference_steps=n_student, generator=gen))
+        kl_flops = count_flops(lambda: kl.decode(z))
+    return [
+        {
+            "comparison": f"student ({n_student} step) / AutoencoderKL decode, both {option}",
+            "speed_option": option,
+            "ratio": times[f"student_{option}"] / times[f"kl_{option}"],
+            "student_s_per_image": times[f"student_{option}"] / args.batch_size,
+            "kl_s_per_image": times[f"kl_{option}"] / args.batch_size,
+            "student_max_abs_difference_to_eager": differences[option],
+            "student_gflop_per_image": flops / args.batch_size / 1e9,
+            "kl_gflop_per_image": kl_flops / args.batch_size / 1e9,
+        }
+        for option in args.student_speed_options
+    ]
 
 
 if __name__ == "__main__":

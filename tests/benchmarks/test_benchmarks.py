@@ -32,24 +32,52 @@ def finite_positive(value) -> bool:
 
 
 def test_bench_decode(tmp_path):
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
+
+    torch.manual_seed(0)  # a stand-in 1-step student of the preset's shape (random weights, so it decodes z alike)
+    student = AutoencoderDiTo.from_config({**DITO_PRESETS["dito-tiny"], "num_inference_steps": 1})
+    DiToPipeline(vae=student, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "student")
+    options = ["eager", "channels_last"]  # compile's setup: test_bench_decode_speed_options_treat_both_sides_alike
     result = run(
         "bench_decode.py",
-        "--resolution",
-        "16",
-        "--steps",
-        "1",
-        "2",
-        "--repeats",
-        "1",
-        "--compare_steps",
-        "1",
+        "--resolution", "16", "--steps", "1", "2", "--repeats", "1", "--compare_steps", "1",
+        "--student", str(tmp_path / "student"), "--student_speed_options", *options,
+        "--compile_backend", "eager",  # dynamo's graph capture without code generation: the plumbing, cheaply
         tmp_path=tmp_path,
-    )
+    )  # fmt: skip
     assert [row["steps"] for row in result["steps"]] == [1, 2]
     assert all(finite_positive(row["overhead_vs_N_unet_forwards"]) for row in result["steps"])
-    assert {c["comparison"].split(" ")[0] for c in result["comparisons"]} == {"DiTo", "bf16", "channels_last"}
+    prefixes = [c["comparison"].split(" ")[0] for c in result["comparisons"]]
+    assert prefixes[:3] == ["DiTo", "bf16", "channels_last"] and set(prefixes[3:]) == {"student"}
     kl = result["comparisons"][0]
     assert 0.5 < kl["kl_decoder_params"] / kl["dito_decoder_params"] < 2  # a comparable AutoencoderKL
+    # --student_speed_options: one row per option, the student and the KL treated alike, the same images decoded
+    rows = [c for c in result["comparisons"] if "speed_option" in c]
+    assert [row["speed_option"] for row in rows] == options
+    assert all(finite_positive(row["ratio"]) and finite_positive(row["kl_s_per_image"]) for row in rows)
+    assert rows[0]["student_max_abs_difference_to_eager"] == 0
+    assert all(row["student_max_abs_difference_to_eager"] < 1e-4 for row in rows)
+    assert all(finite_positive(row["student_gflop_per_image"] * row["kl_gflop_per_image"]) for row in rows)
+
+
+def test_bench_decode_speed_options_treat_both_sides_alike():
+    # The student's and the KL's decoding networks get the same option; the loaded models are left as they were.
+    # Compilation is checked as set up, not run (a dynamo trace of the UNet costs ~12 s here).
+    import torch
+
+    bench_decode = load_benchmark("bench_decode.py")
+    kl = bench_decode.sd_vae_layout_kl(8, latent_channels=4, num_blocks=2)
+    weight = kl.decoder.conv_in.weight
+    assert bench_decode.with_speed_option(kl, "decoder", "eager", "inductor") is kl
+    for option in ("channels_last", "compile"):
+        other = bench_decode.with_speed_option(kl, "decoder", option, "inductor")
+        assert other is not kl and other.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(other.decoder.conv_in.weight, weight)
+        assert (other.decoder._compiled_call_impl is not None) == (option == "compile")
+    assert weight.is_contiguous() and kl.decoder._compiled_call_impl is None
 
 
 def test_bench_import(tmp_path):
