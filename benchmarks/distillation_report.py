@@ -10,6 +10,9 @@ the distillation issue are printed with their verdicts.
     python training/demo.py --distill --output_dir dito-demo
     python benchmarks/distillation_report.py --teacher dito-demo/pipeline --student dito-demo/student \
         --data_dir dito-demo/data/held_out --output_dir docs/results/distillation
+
+`--figure_only` draws the figure again (seconds: 8 images) without scoring or timing anything, e.g. after a change to
+how it is labelled; the decodes are the same, image i from the noise of seed + i.
 """
 
 import argparse
@@ -55,6 +58,11 @@ def parse_args(argv=None):
         "spread over all seeds is reported (the checks stay on --seed).",
     )
     parser.add_argument("--json", default=None, help="Also write the result here (default: output_dir/report.json).")
+    parser.add_argument(
+        "--figure_only",
+        action="store_true",
+        help="Only draw output_dir/decodes.png (no metrics, no timing, no JSON).",
+    )
     return parser.parse_args(argv)
 
 
@@ -233,6 +241,9 @@ def main(args) -> dict:
     teacher = load_reconstruction_pipeline(args.teacher).vae.eval()
     students = [load_reconstruction_pipeline(s).vae.eval() for s in args.student]
     teacher_default = int(teacher.config.num_inference_steps)
+    if args.figure_only:
+        figure(args, teacher, students, teacher_default, output_dir / "decodes.png")
+        return {"figure": str(output_dir / "decodes.png")}
 
     rows = []
     for steps in sorted({TEACHER_MANY_STEPS, teacher_default, 1}, reverse=True):

@@ -318,6 +318,13 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
     assert sorted(spread) == ["student 0", "teacher"] and spread["teacher"]["steps"] == 2
     assert spread["student 0"]["psnr"][0] == student["psnr"] != spread["student 0"]["psnr"][1]  # seed 0, then 7
     assert spread["student 0"]["psnr_std"] > 0 and spread["student 0"]["swd_mean"] is None  # no SWD at 2 × 16²
+    # --figure_only draws the same figure again and nothing else
+    report = load_benchmark("distillation_report.py", siblings=("common", "bench_decode"))
+    argv = ["--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data)]
+    redrawn = report.main(report.parse_args([*argv, "--output_dir", str(tmp_path / "again"), "--figure_only"]))
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["decodes.png"]
+    first = np.asarray(PIL.Image.open(tmp_path / "report" / "decodes.png"))
+    assert np.array_equal(np.asarray(PIL.Image.open(redrawn["figure"])), first)
 
 
 # ------------------------------------------------------------------------------------------------------ gpu_check.py
