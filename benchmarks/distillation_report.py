@@ -11,8 +11,10 @@ the distillation issue are printed with their verdicts.
     python benchmarks/distillation_report.py --teacher dito-demo/pipeline --student dito-demo/student \
         --data_dir dito-demo/data/held_out --output_dir docs/results/distillation
 
-`--figure_only` draws the figure again (seconds: 8 images) without scoring or timing anything, e.g. after a change to
-how it is labelled; the decodes are the same, image i from the noise of seed + i.
+`--decode_speed_options eager channels_last compile` adds the decode check with both sides in NHWC, and compiled
+(`bench_decode.py --student_speed_options`). `--figure_only` draws the figure again (seconds: 8 images) without
+scoring or timing anything, e.g. after a change to how it is labelled; the decodes are the same, image i from the
+noise of seed + i.
 """
 
 import argparse
@@ -58,6 +60,15 @@ def parse_args(argv=None):
         "spread over all seeds is reported (the checks stay on --seed).",
     )
     parser.add_argument("--json", default=None, help="Also write the result here (default: output_dir/report.json).")
+    parser.add_argument(
+        "--decode_speed_options",
+        nargs="+",
+        choices=bench_decode.STUDENT_SPEED_OPTIONS,
+        default=["eager"],
+        help="Also time each student against the AutoencoderKL with these options applied to both sides alike "
+        "(bench_decode.py's --student_speed_options), adding a decode check per option other than eager.",
+    )
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile's backend for `compile`.")
     parser.add_argument(
         "--figure_only",
         action="store_true",
@@ -114,6 +125,10 @@ def decode_times(args, teacher_default: int, resolution: int) -> dict:
                     "--compare_steps",
                     str(teacher_default),
                     "--no-speed_flags",  # the report needs the fp32 times only
+                    "--student_speed_options",
+                    *args.decode_speed_options,
+                    "--compile_backend",
+                    args.compile_backend,
                 ]
             )  # fmt: skip
         )
@@ -122,6 +137,8 @@ def decode_times(args, teacher_default: int, resolution: int) -> dict:
             "student": rows[0]["student_s_per_image"],
             "kl": rows[0]["kl_s_per_image"],
             "teacher": {n: r["teacher_s_per_image"] for n, r in zip(steps, rows[1:])},
+            # student / KL with both sides alike under each option but eager, timed in one more interleaved call
+            "over_kl": {r["speed_option"]: r["ratio"] for r in rows if r.get("speed_option", "eager") != "eager"},
         }
     return times
 
@@ -211,9 +228,10 @@ def mean_and_std(values: list[float | None]) -> tuple[float | None, float | None
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def verdicts(rows: list[dict], teacher_default: int) -> list[dict]:
+def verdicts(rows: list[dict], teacher_default: int, speed_options: list[str] = ("eager",)) -> list[dict]:
     """The distillation issue's acceptance checks, on the first student; `holds` is None where a metric could not
-    be computed (SWD and the high-frequency ratio need enough images of one size)."""
+    be computed (SWD and the high-frequency ratio need enough images of one size). The decode check is made in
+    eager mode, and again for each other `speed_options` entry, both sides treated alike."""
     teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
     teacher_one = next(r for r in rows if r["model"] == "teacher" and r["steps"] == 1)
     student = next(r for r in rows if r["model"].startswith("student"))
@@ -223,6 +241,11 @@ def verdicts(rows: list[dict], teacher_default: int) -> list[dict]:
         ("SWD <= 1.05 x teacher default", lambda: student["swd"] <= 1.05 * teacher["swd"]),
         ("HF ratio in [0.7, 1.4]", lambda: 0.7 <= student["hf_energy_ratio"] <= 1.4),
         ("decode <= 1.3 x AutoencoderKL", lambda: student["time_over_kl"] <= 1.3),
+        *[
+            (f"decode <= 1.3 x AutoencoderKL, both {option}", lambda o=option: student[f"time_over_kl_{o}"] <= 1.3)
+            for option in speed_options
+            if option != "eager"
+        ],
         (f"decode = 1/{teacher_default} of the teacher's ±10%", lambda: abs(student["time_vs_1_over_n"] - 1) <= 0.1),
     ]
     results = []
@@ -260,13 +283,15 @@ def main(args) -> dict:
         run = times[args.student[0] if row["model"] == "teacher" else row["folder"]]
         row["s_per_image"] = run["teacher"][row["steps"]] if row["model"] == "teacher" else run["student"]
         row["time_over_kl"] = row["s_per_image"] / run["kl"]
+        if row["model"] != "teacher":
+            row.update({f"time_over_kl_{option}": ratio for option, ratio in run["over_kl"].items()})
         # over 1/N of the teacher's N-step decode (N: the teacher's default), timed in the same run
         row["time_vs_1_over_n"] = row["s_per_image"] / (
             run["teacher"][teacher_default] * row["steps"] / teacher_default
         )
 
     figure(args, teacher, students, teacher_default, output_dir / "decodes.png")
-    checks = verdicts(rows, teacher_default)
+    checks = verdicts(rows, teacher_default, args.decode_speed_options)
     spreads = spread(args, rows, teacher_default) if args.spread_seeds else []
     bands = error_bands(args, teacher, students, teacher_default)
     machine = machine_info(torch.device("cpu"))

@@ -297,6 +297,7 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
         "distillation_report.py",
         "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data),
         "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--timing_batch_size", "1", "--spread_seeds", "7",
+        "--decode_speed_options", "eager", "channels_last",
         tmp_path=tmp_path,
     )  # fmt: skip
     assert [(r["model"], r["steps"]) for r in result["rows"]] == [
@@ -306,7 +307,10 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
     assert student["psnr"] == teacher_one["psnr"]  # the same weights and steps, from the same noise
     assert all(finite_positive(r["s_per_image"]) and finite_positive(r["time_over_kl"]) for r in result["rows"])
     holds = {c["check"]: c["holds"] for c in result["checks"]}
-    assert len(holds) == 6 and holds["PSNR >= teacher default - 0.3 dB"] in (True, False)
+    assert len(holds) == 7 and holds["PSNR >= teacher default - 0.3 dB"] in (True, False)
+    # --decode_speed_options: the student's ratio with both sides in NHWC, and its own check
+    assert finite_positive(student["time_over_kl_channels_last"]) and "time_over_kl_channels_last" not in teacher_one
+    assert holds["decode <= 1.3 x AutoencoderKL, both channels_last"] is (student["time_over_kl_channels_last"] <= 1.3)
     assert holds["SWD <= 1.05 x teacher default"] is None  # 2 images of 16²: too few for SWD, said so
     assert PIL.Image.open(tmp_path / "report" / "decodes.png").size[0] > 4 * 16
     # Where the 1-step decodes differ from the teacher's default decode: the stand-in student is the teacher at 1 step
