@@ -93,10 +93,10 @@ def machine_info(device: torch.device) -> dict:
 def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return ""
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys, in first-seen order
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+    for row in rows:  # a row without a key leaves its cell empty, so the columns stay aligned
+        cells = [f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -80,6 +80,13 @@ def test_bench_decode_speed_options_treat_both_sides_alike():
     assert weight.is_contiguous() and kl.decoder._compiled_call_impl is None
 
 
+def test_markdown_table_aligns_rows_whose_keys_differ():
+    # The distillation report's student rows carry a column per speed option that the teacher rows lack.
+    common = load_benchmark("common.py", siblings=())
+    table = common.markdown_table([{"a": 1, "b": 0.5}, {"a": 2, "c": "x", "b": 0.123456}])
+    assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1 | 0.5 |  |", "| 2 | 0.1235 | x |"]
+
+
 def test_bench_import(tmp_path):
     # The cheapest target (a bare interpreter) and a stdlib breakdown: the script's own logic, without paying for
     # the stack's import in every fresh process it starts.
