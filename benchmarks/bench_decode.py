@@ -19,6 +19,7 @@ Reports, all measured side by side in one run:
 import argparse
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
@@ -133,27 +134,15 @@ def main(args) -> dict:
     kl = comparable_kl(count(vae.decoder_unet), c, len(vae.config.block_out_channels)).to(device).eval()
     n_default = args.compare_steps or vae.config.num_inference_steps
 
-    def kl_decode():
-        with torch.no_grad():
-            kl.decode(z)
-
-    def dito_decode():
-        with torch.no_grad():
-            vae.decode(z, num_inference_steps=n_default, generator=gen)
-
     def dito_decode_bf16():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             vae.decode(z, num_inference_steps=n_default, generator=gen)
 
-    vae_cl = copy.deepcopy(vae).to(memory_format=torch.channels_last)
-
-    def dito_decode_channels_last():
-        with torch.no_grad():
-            vae_cl.decode(z, num_inference_steps=n_default, generator=gen)
-
-    fns = {"kl": kl_decode, "dito": dito_decode}
+    dito = {"num_inference_steps": n_default, "generator": gen}
+    fns = {"kl": decoding(kl, z), "dito": decoding(vae, z, **dito)}
     if args.speed_flags:
-        fns.update(dito_bf16=dito_decode_bf16, dito_cl=dito_decode_channels_last)
+        vae_cl = with_speed_option(vae, "decoder_unet", "channels_last", args.compile_backend)
+        fns.update(dito_bf16=dito_decode_bf16, dito_cl=decoding(vae_cl, z, **dito))
     cmp = interleaved_medians(fns, device, args.repeats)
 
     comparisons = [
@@ -188,19 +177,8 @@ def student_comparisons(args, teacher: AutoencoderDiTo, kl: AutoencoderKL, z: to
     n_student = student.config.num_inference_steps
     gen = torch.Generator(device).manual_seed(0)
 
-    def decode(vae, steps):
-        def run():
-            with torch.no_grad():
-                vae.decode(z, num_inference_steps=steps, generator=gen)
-
-        return run
-
-    def kl_decode():
-        with torch.no_grad():
-            kl.decode(z)
-
-    fns = {"kl": kl_decode, "student": decode(student, n_student)}
-    fns.update({f"teacher_{n}": decode(teacher, n) for n in args.steps})
+    fns = {"kl": decoding(kl, z), "student": decoding(student, z, num_inference_steps=n_student, generator=gen)}
+    fns.update({f"teacher_{n}": decoding(teacher, z, num_inference_steps=n, generator=gen) for n in args.steps})
     times = interleaved_medians(fns, device, args.repeats)
     rows = [
         {
@@ -224,6 +202,16 @@ def student_comparisons(args, teacher: AutoencoderDiTo, kl: AutoencoderKL, z: to
     return rows
 
 
+def decoding(model: torch.nn.Module, z: torch.Tensor, **kwargs) -> Callable[[], None]:
+    """`model.decode(z, **kwargs)` without gradients, as a callable to time."""
+
+    def run():
+        with torch.no_grad():
+            model.decode(z, **kwargs)
+
+    return run
+
+
 def with_speed_option(model: torch.nn.Module, network: str, option: str, backend: str) -> torch.nn.Module:
     """`model` as loaded (eager), or a copy with NHWC weights (channels_last), or NHWC with its decoding network
     `network` compiled in place (compile). The same function serves the student and the KL, so both sides get the
@@ -244,17 +232,8 @@ def speed_option_comparisons(args, student: AutoencoderDiTo, kl: AutoencoderKL, 
     fns, students = {}, {}
     for option in args.student_speed_options:
         s = students[option] = with_speed_option(student, "decoder_unet", option, args.compile_backend)
-        k = with_speed_option(kl, "decoder", option, args.compile_backend)
-
-        def student_decode(s=s):
-            with torch.no_grad():
-                s.decode(z, num_inference_steps=n_student, generator=gen)
-
-        def kl_decode(k=k):
-            with torch.no_grad():
-                k.decode(z)
-
-        fns.update({f"student_{option}": student_decode, f"kl_{option}": kl_decode})
+        fns[f"student_{option}"] = decoding(s, z, num_inference_steps=n_student, generator=gen)
+        fns[f"kl_{option}"] = decoding(with_speed_option(kl, "decoder", option, args.compile_backend), z)
     times = interleaved_medians(fns, device, args.repeats, warmup=2)
     # The options must not change what is decoded: each variant against the loaded student, from the same noise.
     with torch.no_grad():
