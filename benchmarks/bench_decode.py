@@ -235,18 +235,18 @@ def speed_option_comparisons(args, student: AutoencoderDiTo, kl: AutoencoderKL, 
         fns[f"student_{option}"] = decoding(s, z, num_inference_steps=n_student, generator=gen)
         fns[f"kl_{option}"] = decoding(with_speed_option(kl, "decoder", option, args.compile_backend), z)
     times = interleaved_medians(fns, device, args.repeats, warmup=2)
-    # The options must not change what is decoded: each variant against the loaded student, from the same noise.
     with torch.no_grad():
-        decoded = {
-            option: s.decode(z, num_inference_steps=n_student, generator=gen.manual_seed(0)).sample
-            for option, s in students.items()
-        }
-        reference = student.decode(z, num_inference_steps=n_student, generator=gen.manual_seed(0)).sample
-    differences = {option: (x - reference).abs().max().item() for option, x in decoded.items()}
-    # The work each side does, so a time ratio can be read against it (convolutions and matrix products).
-    with torch.no_grad():
-        flops = count_flops(lambda: student.decode(z, num_inference_steps=n_student, generator=gen))
-        kl_flops = count_flops(lambda: kl.decode(z))
+
+        def decode(model: AutoencoderDiTo) -> torch.Tensor:
+            return model.decode(z, num_inference_steps=n_student, generator=gen.manual_seed(0)).sample
+
+        # The options must not change what is decoded: each variant against the loaded student, from the same noise
+        # (the eager variant's 0 says the seeded decode repeats exactly).
+        decoded = {option: decode(s) for option, s in students.items()}
+        reference = decode(student)
+        differences = {option: (x - reference).abs().max().item() for option, x in decoded.items()}
+        # The work each side does, so a time ratio can be read against it (convolutions and matrix products).
+        flops, kl_flops = count_flops(lambda: decode(student)), count_flops(lambda: kl.decode(z))
     return [
         {
             "comparison": f"student ({n_student} step) / AutoencoderKL decode, both {option}",
