@@ -57,6 +57,8 @@ DISTILL_LEARNING_RATE = 1e-3
 DISTILL_LOSS_TYPE = "laplacian"  # the finest band weighted up: the student learns the teacher's grain sooner
 DISTILL_FINE_WEIGHT = 4.0
 DISTILL_DATA_LOSS_WEIGHT = 0.0  # 0.1 raised PSNR but blurred the student below the 0.7 high-frequency floor
+DISTILL_SWD_LOSS_WEIGHT = 0.0  # the patch SWD term to the teacher's decodes (`--swd_loss_weight`)
+DISTILL_SWD_NOISE = "fresh"
 
 
 def parse_args(argv=None):
@@ -92,6 +94,8 @@ def parse_args(argv=None):
         "--distill_fine_weight", type=float, default=DISTILL_FINE_WEIGHT, help="--loss_type laplacian."
     )
     distill.add_argument("--distill_data_loss_weight", type=float, default=DISTILL_DATA_LOSS_WEIGHT)
+    distill.add_argument("--distill_swd_loss_weight", type=float, default=DISTILL_SWD_LOSS_WEIGHT)
+    distill.add_argument("--distill_swd_noise", default=DISTILL_SWD_NOISE, choices=distill_dito.SWD_NOISES)
     distill.add_argument("--teacher_steps", type=int, default=None, help="Default: the model's own steps.")
     return parser.parse_args(argv)
 
@@ -176,10 +180,8 @@ def main(args) -> Path:
     return out
 
 
-def distill(args, pipeline_dir: Path, train_dir, eval_dir, out: Path) -> dict:
-    """Distil the trained model into a 1-step student, then evaluate it on the held-out crops (same noise)."""
-    start = time.time()
-    student_dir = out / "student"
+def distill_arguments(args, pipeline_dir: Path, train_dir, student_dir: Path) -> list[str]:
+    """`training/distill_dito.py`'s command line for the demo's recipe (the `--distill_*` flags)."""
     distill_args = [
         "--teacher_model_name_or_path", str(pipeline_dir),
         "--train_data_dir", str(train_dir),
@@ -193,6 +195,7 @@ def distill(args, pipeline_dir: Path, train_dir, eval_dir, out: Path) -> dict:
         "--lr_scheduler", "cosine",
         "--loss_type", args.distill_loss_type, "--laplacian_fine_weight", str(args.distill_fine_weight),
         "--data_loss_weight", str(args.distill_data_loss_weight),
+        "--swd_loss_weight", str(args.distill_swd_loss_weight), "--swd_noise", args.distill_swd_noise,
         "--checkpointing_steps", str(args.distill_steps),
         "--checkpoints_total_limit", "1",
         "--validation_steps", str(args.distill_steps),
@@ -201,7 +204,14 @@ def distill(args, pipeline_dir: Path, train_dir, eval_dir, out: Path) -> dict:
     ]  # fmt: skip
     if args.teacher_steps is not None:
         distill_args += ["--teacher_steps", str(args.teacher_steps)]
-    distill_dito.main(distill_dito.parse_args(distill_args))
+    return distill_args
+
+
+def distill(args, pipeline_dir: Path, train_dir, eval_dir, out: Path) -> dict:
+    """Distil the trained model into a 1-step student, then evaluate it on the held-out crops (same noise)."""
+    start = time.time()
+    student_dir = out / "student"
+    distill_dito.main(distill_dito.parse_args(distill_arguments(args, pipeline_dir, train_dir, student_dir)))
     distill_seconds = time.time() - start
     result = evaluate_dito.main(
         evaluate_dito.parse_args(

@@ -48,3 +48,38 @@ def test_demo_trains_evaluates_at_the_models_default_steps_draws_a_labelled_grid
     assert json.loads((out / "evaluation" / "timing.json").read_text())["distill_seconds"] > 0
     card = (out / "student" / "README.md").read_text()  # the demo's distillation recipe, as the card names it
     assert f"finest band x{demo.DISTILL_FINE_WEIGHT:g}" in card and f"weight {demo.DISTILL_DATA_LOSS_WEIGHT}" in card
+    swd_term = f"{demo.DISTILL_SWD_LOSS_WEIGHT:g} x patch SWD ({demo.DISTILL_SWD_NOISE} noise)"
+    assert (swd_term in card) if demo.DISTILL_SWD_LOSS_WEIGHT else ("patch SWD" not in card)
+
+
+def test_distill_flags_reach_distill_dito(tmp_path):
+    """Each `--distill_*` flag becomes the matching `distill_dito.py` argument; the defaults are the demo's recipe."""
+    demo = load_script(REPO / "training" / "demo.py")
+    distill_dito = load_script(REPO / "training" / "distill_dito.py")
+    (tmp_path / "train").mkdir()  # distill_dito's arguments check that the data folder exists
+    defaults = distill_dito.parse_args(
+        demo.distill_arguments(demo.parse_args([]), tmp_path / "pipeline", tmp_path / "train", tmp_path / "student")
+    )
+    recipe = {
+        "max_train_steps": demo.DISTILL_STEPS,
+        "max_train_samples": demo.DISTILL_PAIRS,
+        "train_batch_size": demo.DISTILL_BATCH_SIZE,
+        "learning_rate": demo.DISTILL_LEARNING_RATE,
+        "loss_type": demo.DISTILL_LOSS_TYPE,
+        "laplacian_fine_weight": demo.DISTILL_FINE_WEIGHT,
+        "data_loss_weight": demo.DISTILL_DATA_LOSS_WEIGHT,
+        "swd_loss_weight": demo.DISTILL_SWD_LOSS_WEIGHT,
+        "swd_noise": demo.DISTILL_SWD_NOISE,
+        "cache_teacher_targets": True,
+        "teacher_steps": None,
+    }
+    assert {key: getattr(defaults, key) for key in recipe} == recipe
+    flags = ["--distill_steps", "7", "--distill_data_loss_weight", "0.25", "--distill_swd_loss_weight", "3"]
+    other_noise = "paired" if demo.DISTILL_SWD_NOISE == "fresh" else "fresh"
+    flags += ["--distill_swd_noise", other_noise, "--teacher_steps", "5"]
+    chosen = distill_dito.parse_args(
+        demo.distill_arguments(demo.parse_args(flags), tmp_path / "pipeline", tmp_path / "train", tmp_path / "student")
+    )
+    assert (chosen.max_train_steps, chosen.data_loss_weight, chosen.swd_loss_weight) == (7, 0.25, 3.0)
+    assert chosen.swd_noise == other_noise and chosen.teacher_steps == 5 and chosen.checkpointing_steps == 7
+    assert chosen.output_dir == str(tmp_path / "student") and chosen.teacher_model_name_or_path.endswith("pipeline")
