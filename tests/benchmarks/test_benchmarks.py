@@ -462,6 +462,29 @@ def test_distill_recipes_caches_the_teachers_pairs_once_and_scores_each_variant(
     torch.testing.assert_close(recipes.distance(a, b, args), laplacian_l2_loss(a, b, fine_weight=4.0).mean())
 
 
+# ----------------------------------------------------------------------------------------------- bench_distill_step.py
+def test_bench_distill_step_times_every_recipe_against_the_plain_step(tmp_path):
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from conftest import tiny_dito_config
+    from diffusers_dito import AutoencoderDiTo, DiToPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderDiTo(**tiny_dito_config(num_inference_steps=2))
+    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "teacher")
+    bench = load_benchmark("bench_distill_step.py")
+    argv = ["--teacher", str(tmp_path / "teacher"), "--resolution", "16", "--batch_size", "2", "--repeats", "1"]
+    result = bench.main(bench.parse_args([*argv, "--warmup", "0", "--json", str(tmp_path / "out.json")]))
+    assert [row["recipe"] for row in result["rows"]] == list(bench.RECIPES)
+    assert result["rows"][0]["time_vs_plain"] == 1.0
+    assert all(finite_positive(row["step_s"]) and finite_positive(row["time_vs_plain"]) for row in result["rows"])
+    assert json.loads((tmp_path / "out.json").read_text())["rows"] == result["rows"]
+    with pytest.raises(SystemExit) as error:  # argparse's usage error: one line, exit code 2
+        bench.parse_args([*argv, "--recipes", "data", "plain"])
+    assert error.value.code == 2
+
+
 # ---------------------------------------------------------------------------------------------- distill_noise_check.py
 def test_distill_noise_check_decodes_teacher_and_student_from_the_same_noise(tmp_path):
     import numpy as np
