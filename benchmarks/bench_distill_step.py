@@ -17,6 +17,7 @@ stand in as a fixed tensor (with `--cache_teacher_targets` they are looked up, n
 """
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -26,10 +27,7 @@ from common import interleaved_medians, machine_info, markdown_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
 
-from training.distill_dito import DistillationObjective  # noqa: E402
-
-from diffusers_dito import AutoencoderDiTo  # noqa: E402
-from diffusers_dito.pipelines.loading import load_reconstruction_pipeline  # noqa: E402
+from training.distill_dito import DistillationObjective, build_student  # noqa: E402
 
 # recipe -> DistillationObjective's keyword arguments beyond the band-weighted loss (the demo's)
 RECIPES = {
@@ -56,15 +54,6 @@ def parse_args(argv=None):
     return args
 
 
-def student_of(teacher_path: str, student_steps: int) -> AutoencoderDiTo:
-    """A fresh copy of the teacher whose decoder alone trains, as `distill_dito.build_student` makes it."""
-    student = load_reconstruction_pipeline(teacher_path).vae
-    student.register_to_config(num_inference_steps=student_steps)
-    student.requires_grad_(False)
-    student.decoder_unet.requires_grad_(True).train()
-    return student
-
-
 def main(args) -> dict:
     torch.manual_seed(0)
     images = torch.rand(args.batch_size, 3, args.resolution, args.resolution) * 2 - 1  # (B, 3, R, R)
@@ -74,14 +63,17 @@ def main(args) -> dict:
     steps = {}
     for name in args.recipes:
         # one student per recipe, so that no recipe's optimizer state or weights reach another's steps
-        student = student_of(args.teacher, args.student_steps)
+        student = build_student(
+            argparse.Namespace(teacher_model_name_or_path=args.teacher, cache_dir=None, gradient_checkpointing=False,
+                               student_steps=args.student_steps)
+        )  # fmt: skip
         with torch.no_grad():
             latents = student.encode(images).latents  # (B, C, h, w): the frozen encoder's, the same for every recipe
         terms = {"data_loss_weight": 0.0, **RECIPES[name]}
         objective = DistillationObjective(student, args.student_steps, loss_type="laplacian", **terms)
         trainable = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-        counter = iter(range(1 << 30))
+        counter = itertools.count()
 
         def step(objective=objective, trainable=trainable, optimizer=optimizer, latents=latents, counter=counter):
             out = objective(latents, targets, images, seeds, fresh_seed=next(counter))
