@@ -1,11 +1,12 @@
 """Peak memory of AutoencoderDiTo encode and decode at several resolutions.
 
 On CUDA it reads `torch.cuda.max_memory_allocated`. On CPU, where PyTorch keeps no such counter, each measurement
-runs in a fresh subprocess and reports the growth of the peak resident set size (ru_maxrss) over the RSS after the
-model is built and warmed up, so one measurement cannot inherit another's peak. glibc raises its mmap threshold
-after large frees (up to 32 MiB), after which freed tensors stay in its heap and count towards RSS; the children
-therefore run with `MALLOC_MMAP_THRESHOLD_` fixed at `--malloc_mmap_threshold` bytes (1 MiB; 0 keeps glibc's
-dynamic default), so that the RSS peak follows the live tensors. Both settings are reported in docs/benchmarks.md.
+runs in a fresh subprocess and reports the growth of its own peak resident set size (Linux's VmHWM) over the peak
+after the model is built and warmed up, so one measurement cannot inherit another's peak. glibc raises its mmap
+threshold after large frees (up to 32 MiB), after which freed tensors stay in its heap and count towards RSS; the
+children therefore run with `MALLOC_MMAP_THRESHOLD_` fixed at `--malloc_mmap_threshold` bytes (1 MiB; 0 keeps
+glibc's dynamic default), so that the RSS peak follows the live tensors. Both settings are reported in
+docs/benchmarks.md.
 
     python benchmarks/bench_memory.py --preset dito-tiny --resolutions 256 512 1024 --json out/memory.json
     python benchmarks/bench_memory.py --resolutions 1024 --tile_size 256   # tiled decode vs one 256² decode
@@ -46,7 +47,17 @@ def parse_args(argv=None):
 
 
 def rss_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's own peak RSS: Linux's VmHWM, where it exists. (`ru_maxrss` also counts the peak of the process
+    that started this one, which survives fork and exec: under a parent with a larger peak, every reading is the
+    parent's, and an operation's growth reads 0.)"""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux (bytes on macOS)
 
 
 def measure(args, op: str, resolution: int) -> float:
