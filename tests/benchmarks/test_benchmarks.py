@@ -27,11 +27,38 @@ def run(script: str, *argv: str, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.fixture
+def run_main(tmp_path, capsys, monkeypatch):
+    """`run`, in this process: a fresh Python process spends most of a smoke test's time importing torch and
+    diffusers (11-13 s on a slow CPU), so the scripts that only orchestrate (or start their own measuring
+    subprocesses, as bench_memory does on CPU) run their `main` here. The process-wide settings a script may change
+    (torch's thread count and RNG, dynamo's compiled code) are put back afterwards."""
+    import torch
+
+    threads, rng_state = torch.get_num_threads(), torch.random.get_rng_state()
+
+    def run_in_process(script: str, *argv: str, siblings: tuple[str, ...] = ("common",)) -> dict:
+        module = load_benchmark(script, siblings)
+        out = tmp_path / "result.json"
+        monkeypatch.chdir(tmp_path)
+        capsys.readouterr()
+        returned = module.main(module.parse_args([*argv, "--json", str(out)]))
+        assert "|---" in capsys.readouterr().out  # a markdown table was printed
+        result = json.loads(out.read_text())
+        assert result.keys() <= returned.keys()  # what main returns is what it wrote
+        return result
+
+    yield run_in_process
+    torch.set_num_threads(threads)
+    torch.random.set_rng_state(rng_state)
+    torch._dynamo.reset()
+
+
 def finite_positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_bench_decode(tmp_path):
+def test_bench_decode(tmp_path, run_main):
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -41,12 +68,11 @@ def test_bench_decode(tmp_path):
     student = AutoencoderDiTo.from_config({**DITO_PRESETS["dito-tiny"], "num_inference_steps": 1})
     DiToPipeline(vae=student, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "student")
     options = ["eager", "channels_last"]  # compile's setup: test_bench_decode_speed_options_treat_both_sides_alike
-    result = run(
+    result = run_main(
         "bench_decode.py",
         "--resolution", "16", "--steps", "1", "2", "--repeats", "1", "--compare_steps", "1",
         "--student", str(tmp_path / "student"), "--student_speed_options", *options,
         "--compile_backend", "eager",  # dynamo's graph capture without code generation: the plumbing, cheaply
-        tmp_path=tmp_path,
     )  # fmt: skip
     assert [row["steps"] for row in result["steps"]] == [1, 2]
     assert all(finite_positive(row["overhead_vs_N_unet_forwards"]) for row in result["steps"])
@@ -100,21 +126,9 @@ def test_bench_import(tmp_path):
     assert sum(row["fraction"] for row in breakdown) == pytest.approx(1.0)
 
 
-def test_bench_tiling(tmp_path):
-    result = run(
-        "bench_tiling.py",
-        "--sizes",
-        "16x32",
-        "--tile_size",
-        "16",
-        "--tile_overlap",
-        "8",
-        "--steps",
-        "1",
-        "--num_images",
-        "1",
-        tmp_path=tmp_path,
-    )
+def test_bench_tiling(run_main):
+    argv = ["--sizes", "16x32", "--tile_size", "16", "--tile_overlap", "8", "--steps", "1", "--num_images", "1"]
+    result = run_main("bench_tiling.py", *argv)
     modes = [row["decode"] for row in result["rows"]]
     assert modes == ["untiled", "tiled, per-tile GroupNorm", "tiled, shared GroupNorm"]
     untiled, *tiled = result["rows"]
@@ -124,16 +138,15 @@ def test_bench_tiling(tmp_path):
     )
 
 
-def test_bench_memory(tmp_path):
-    result = run(
-        "bench_memory.py", "--resolutions", "32", "--tile_size", "16", "--tile_overlap", "8", tmp_path=tmp_path
-    )
+def test_bench_memory(run_main):
+    # The parent runs here; on CPU each measurement still runs in a fresh subprocess of its own (the script's design).
+    result = run_main("bench_memory.py", "--resolutions", "32", "--tile_size", "16", "--tile_overlap", "8")
     assert [row["resolution"] for row in result["rows"]] == [32]
     assert all(row["decode_tiled_peak_mib"] >= 0 for row in result["rows"])
 
 
-def test_bench_train(tmp_path):
-    result = run(
+def test_bench_train(run_main):
+    result = run_main(
         "bench_train.py",
         "--steps",
         "1",
@@ -149,7 +162,6 @@ def test_bench_train(tmp_path):
         "--variants", "fp32", "bf16_autocast", "compile",
         "--compile_backend", "eager",
         "--profile",
-        tmp_path=tmp_path,
     )  # fmt: skip
     for key in ("achieved_gflops", "matmul_peak_gflops", "bf16_matmul_peak_gflops", "flops_per_step"):
         assert finite_positive(result[key]), key
@@ -280,7 +292,7 @@ def test_choose_decode_defaults_reads_an_evaluate_dito_metrics_json(choose, tmp_
         choose.main(choose.parse_args(["--metrics", str(metrics)]))
 
 
-def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
+def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_main):
     import numpy as np
     import PIL.Image
     import torch
@@ -300,12 +312,12 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
     for i in range(2):
         PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
 
-    result = run(
+    result = run_main(
         "distillation_report.py",
         "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data),
         "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--timing_batch_size", "1", "--spread_seeds", "7",
         "--decode_speed_options", "eager", "channels_last",
-        tmp_path=tmp_path,
+        siblings=("common", "bench_decode"),
     )  # fmt: skip
     assert [(r["model"], r["steps"]) for r in result["rows"]] == [
         ("teacher", 50), ("teacher", 2), ("teacher", 1), ("student 0", 1)
@@ -342,17 +354,12 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path):
 GPU_CHECK_SECTIONS = ["correctness", "matmul_peak", "train_dito_b", "train_dito_xl", "decode", "train_dito_b_compiled"]
 
 
-def test_gpu_check_dry_run_writes_every_section(tmp_path):
+def test_gpu_check_dry_run_writes_every_section(gpu_check, tmp_path, run_main):
+    # In this process, as `run_main` runs the other scripts (which puts back the dry run's one-thread setting).
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--dry_run", "--output_dir", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    returned = gpu_check.main(gpu_check.parse_args(["--dry_run", "--output_dir", str(out)]))
     report = json.loads((out / "gpu_check.json").read_text())
+    assert report == json.loads(json.dumps(returned))  # the JSON holds what main returned
     assert {"torch", "cuda", "cudnn", "processor", "diffusers"} <= set(report["environment"])
     sections = report["sections"]
     assert list(sections) == GPU_CHECK_SECTIONS and report["all_ok"] is True
