@@ -1,23 +1,16 @@
-"""The configs in accelerate_configs/: each loads with accelerate's own loader and launch-time checks, each FSDP one
-wraps blocks that exist in the model it is for, and the DDP one launches train_dito.py on 2 CPU processes."""
+"""The configs in accelerate_configs/: each loads with accelerate's own loader and launch-time checks, and each FSDP
+one wraps blocks that exist in the model it is for. (The DDP one launches train_dito.py on 2 CPU processes in
+test_train_dito.py's multi-process test, which checks the sharding and the synchronised weights too.)"""
 
-import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_multi_gpu_env
-from script_helpers import cpu_launch_env
 
-from conftest import tiny_dito_config
 from diffusers_dito import DIT_PRESETS, DITO_PRESETS, AutoencoderDiTo, DiToDiTTransformer2DModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,36 +70,3 @@ def test_fsdp_config_wraps_blocks_of_its_model(name, model_class, model_config, 
     plugin.set_auto_wrap_policy(model)  # raises if a class to wrap is not in the model
     wrapped = tuple(plugin.auto_wrap_policy.keywords["transformer_layer_cls"])
     assert sum(isinstance(module, wrapped) for module in model.modules()) == blocks
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_config_launches_train_dito_on_two_cpu_processes(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    model_config = tmp_path / "config.json"
-    model_config.write_text(json.dumps(tiny_dito_config()))
-    dump = tmp_path / "dump"
-    env = cpu_launch_env(tmp_path)
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp_8gpu.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "train_dito.py"),
-        "--train_data_dir", str(images), "--model_config", str(model_config), "--resolution", "32",
-        "--train_batch_size", "2", "--max_train_steps", "2", "--checkpointing_steps", "100",
-        "--validation_steps", "100", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
-        "--cache_dir", str(tmp_path / "cache"), "--debug_dump_dir", str(dump),
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [json.loads((dump / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert [r["num_processes"] for r in ranks] == [2, 2] and [r["process_index"] for r in ranks] == [0, 1]
-    assert ranks[0]["global_step"] == 2 and ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    assert (tmp_path / "out" / "model_index.json").is_file()

@@ -19,6 +19,7 @@ from diffusers_dito import AutoencoderDiTo
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "train_dito.py"
+DDP_CONFIG = REPO / "accelerate_configs" / "ddp_8gpu.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -172,12 +173,14 @@ def _free_port() -> int:
 
 
 def test_two_cpu_processes_shard_data_and_stay_in_sync(image_dir, config_path, tmp_path):
+    """Launched through the shipped DDP config (accelerate_configs/ddp_8gpu.yaml) with its GPU count and precision
+    overridden on the command line, as docs/training.md shows: one launch checks the config and the sharding."""
     dump = tmp_path / "dump"
     env = cpu_launch_env(tmp_path)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
+        "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
         str(SCRIPT),
         "--train_data_dir", str(image_dir), "--model_config", str(config_path), "--resolution", "32",
         "--train_batch_size", "2", "--max_train_steps", "3", "--checkpointing_steps", "2",
