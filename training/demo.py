@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusers_dito import DITO_PRESETS  # noqa: E402
+from diffusers_dito.cli import OneLineArgumentParser  # noqa: E402  (one-line usage errors, exit code 2)
 from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES  # noqa: E402
 from diffusers_dito.sample_data import write_split_crops  # noqa: E402
 from training import distill_dito, evaluate_dito, train_dito  # noqa: E402
@@ -64,7 +65,7 @@ DISTILL_SWD_NOISE = "fresh"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="dito-demo")
     parser.add_argument("--train_data_dir", default=None, help="Your image folder (default: bundled photo crops).")
     parser.add_argument("--eval_data_dir", default=None, help="Held-out images (default: bundled photo crops).")

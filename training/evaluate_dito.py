@@ -41,6 +41,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from diffusers_dito import DiToPipeline
+from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.metrics import compute_metrics, psnr, ssim
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline, model_kind
 
@@ -103,7 +104,7 @@ def error_image(reconstruction: np.ndarray, original: np.ndarray, gain: float) -
 
 # ------------------------------------------------------------------------------------------------------- args
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate the reconstructions of a DiTo autoencoder.")
+    parser = OneLineArgumentParser(description="Evaluate the reconstructions of a DiTo autoencoder.")
     parser.add_argument(
         "--model",
         required=True,

@@ -33,6 +33,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from diffusers_dito import DiToDiTPipeline
+from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.metrics import compute_generation_metrics
 from diffusers_dito.pipelines.loading import load_pipeline, model_kind
 
@@ -114,7 +115,7 @@ def class_name(id2label: dict[int, str], class_id: int) -> str:
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Sample a DiToDiTPipeline and score the samples against real images.")
+    parser = OneLineArgumentParser(description="Sample a DiToDiTPipeline and score the samples against real images.")
     parser.add_argument("--model", required=True, help="A saved DiToDiTPipeline folder.")
     classes = parser.add_mutually_exclusive_group()
     classes.add_argument("--class_labels", nargs="+", default=None, help="Class ids or names (default: every class).")

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 from script_helpers import REPO, fresh_accelerate_state, load_script, one_thread  # noqa: F401 (autouse fixtures)
 
@@ -83,3 +84,12 @@ def test_distill_flags_reach_distill_dito(tmp_path):
     assert (chosen.max_train_steps, chosen.data_loss_weight, chosen.swd_loss_weight) == (7, 0.25, 3.0)
     assert chosen.swd_noise == other_noise and chosen.teacher_steps == 5 and chosen.checkpointing_steps == 7
     assert chosen.output_dir == str(tmp_path / "student") and chosen.teacher_model_name_or_path.endswith("pipeline")
+
+
+def test_a_bad_flag_is_a_one_line_error(capsys):
+    demo = load_script(REPO / "training" / "demo.py")
+    with pytest.raises(SystemExit) as exit_info:
+        demo.parse_args(["--max_train_steps", "many"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--max_train_steps" in lines[0], lines  # no usage block

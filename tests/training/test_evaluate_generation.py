@@ -126,7 +126,8 @@ def test_bad_arguments_stop_with_a_one_line_error(evaluate_generation, model_dir
     with pytest.raises(SystemExit) as exit_info:
         evaluate_generation.parse_args(["--model", str(model_dirs / "dit"), *extra])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines  # no usage block
 
 
 def _free_port() -> int:

@@ -96,22 +96,32 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_two_runs_on_one_output_dir_the_second_stops_in_one_line(tmp_path, image_dir, config_path):
+def run_entry_point(train_dito, *argv: str) -> int:
+    """What `python training/train_dito.py <argv>` runs, in this process: its `__main__` line is
+    `sys.exit(run_script(main, parse_args(), "train_dito.py"))`. (A fresh process costs more than the test itself;
+    the command-line test below shows a start-up error as the whole stderr of a real process, and the SIGTERM tests
+    run that line in one.)"""
+    return reliability.run_script(train_dito.main, train_dito.parse_args(list(argv)), "train_dito.py")
+
+
+def test_two_runs_on_one_output_dir_the_second_stops_in_one_line(train_dito, tmp_path, image_dir, config_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / reliability.LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
-        result = run_script(
-            "--train_data_dir", str(image_dir), "--model_config", str(config_path), "--resolution", "32",
+        code = run_entry_point(
+            train_dito, "--train_data_dir", str(image_dir), "--model_config", str(config_path), "--resolution", "32",
             "--max_train_steps", "1", "--output_dir", str(out), "--report_to", "none",
         )  # fmt: skip
     finally:
         holder.kill()
         holder.wait()
-    assert result.returncode == 2, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert f"pid {holder.pid}" in last and "Traceback" not in result.stderr
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("train_dito.py: error:") and f"pid {holder.pid}" in last and "Traceback" not in stderr
+    assert json.loads((out / reliability.LOCK_FILE).read_text())["pid"] == holder.pid  # the other run's lock stays
 
 
 def test_a_non_finite_learning_rate_is_a_one_line_error_from_the_command_line(tmp_path, image_dir, config_path):
@@ -137,16 +147,17 @@ def test_a_non_finite_or_non_positive_learning_rate_is_refused(
     assert len(lines) == 1 and "--learning_rate" in lines[0], lines
 
 
-def test_a_folder_of_only_corrupt_files_is_a_one_line_error(tmp_path, config_path):
+def test_a_folder_of_only_corrupt_files_is_a_one_line_error(train_dito, tmp_path, config_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     for i in range(3):
         (data / f"{i}.png").write_bytes(b"\x89PNG broken")
-    result = run_script(
-        "--train_data_dir", str(data), "--model_config", str(config_path), "--resolution", "32",
+    code = run_entry_point(
+        train_dito, "--train_data_dir", str(data), "--model_config", str(config_path), "--resolution", "32",
         "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--validation_steps", "1",
         "--max_train_steps", "1",
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert "no readable image" in result.stderr.strip().splitlines()[-1]
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "no readable image" in stderr.strip().splitlines()[-1]
