@@ -32,10 +32,11 @@ def run_main(tmp_path, capsys, monkeypatch):
     """`run`, in this process: a fresh Python process spends most of a smoke test's time importing torch and
     diffusers (11-13 s on a slow CPU), so the scripts that only orchestrate (or start their own measuring
     subprocesses, as bench_memory does on CPU) run their `main` here. The process-wide settings a script may change
-    (torch's thread count and RNG, dynamo's compiled code) are put back afterwards."""
+    (torch's thread count, RNG and cuDNN autotuning flag, dynamo's compiled code) are put back afterwards."""
     import torch
 
     threads, rng_state = torch.get_num_threads(), torch.random.get_rng_state()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
 
     def run_in_process(script: str, *argv: str, siblings: tuple[str, ...] = ("common",)) -> dict:
         module = load_benchmark(script, siblings)
@@ -51,6 +52,7 @@ def run_main(tmp_path, capsys, monkeypatch):
     yield run_in_process
     torch.set_num_threads(threads)
     torch.random.set_rng_state(rng_state)
+    torch.backends.cudnn.benchmark = cudnn_benchmark  # gpu_check sets it per section
     torch._dynamo.reset()
 
 
