@@ -28,15 +28,25 @@ def run(script: str, *argv: str, tmp_path: Path) -> dict:
 
 
 @pytest.fixture
-def run_main(tmp_path, capsys, monkeypatch):
-    """`run`, in this process: a fresh Python process spends most of a smoke test's time importing torch and
-    diffusers (11-13 s on a slow CPU), so the scripts that only orchestrate (or start their own measuring
-    subprocesses, as bench_memory does on CPU) run their `main` here. The process-wide settings a script may change
-    (torch's thread count, RNG and cuDNN autotuning flag, dynamo's compiled code) are put back afterwards."""
+def torch_state():
+    """Puts back the process-wide settings a script run in this process may change: torch's thread count (one in
+    gpu_check's dry run), RNG and cuDNN autotuning flag, and dynamo's compiled code."""
     import torch
 
     threads, rng_state = torch.get_num_threads(), torch.random.get_rng_state()
     cudnn_benchmark = torch.backends.cudnn.benchmark
+    yield
+    torch.set_num_threads(threads)
+    torch.random.set_rng_state(rng_state)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def run_main(tmp_path, capsys, monkeypatch, torch_state):
+    """`run`, in this process: a fresh Python process spends most of a smoke test's time importing torch and
+    diffusers (11-13 s on a slow CPU), so the scripts that only orchestrate (or start their own measuring
+    subprocesses, as bench_memory does on CPU) run their `main` here, under `torch_state`."""
 
     def run_in_process(script: str, *argv: str, siblings: tuple[str, ...] = ("common",)) -> dict:
         module = load_benchmark(script, siblings)
@@ -49,11 +59,7 @@ def run_main(tmp_path, capsys, monkeypatch):
         assert result.keys() <= returned.keys()  # what main returns is what it wrote
         return result
 
-    yield run_in_process
-    torch.set_num_threads(threads)
-    torch.random.set_rng_state(rng_state)
-    torch.backends.cudnn.benchmark = cudnn_benchmark  # gpu_check sets it per section
-    torch._dynamo.reset()
+    return run_in_process
 
 
 def finite_positive(value) -> bool:
@@ -356,8 +362,7 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_
 GPU_CHECK_SECTIONS = ["correctness", "matmul_peak", "train_dito_b", "train_dito_xl", "decode", "train_dito_b_compiled"]
 
 
-def test_gpu_check_dry_run_writes_every_section(gpu_check, tmp_path, run_main):
-    # In this process, as `run_main` runs the other scripts (which puts back the dry run's one-thread setting).
+def test_gpu_check_dry_run_writes_every_section(gpu_check, tmp_path, torch_state):
     out = tmp_path / "out"
     returned = gpu_check.main(gpu_check.parse_args(["--dry_run", "--output_dir", str(out)]))
     report = json.loads((out / "gpu_check.json").read_text())
@@ -396,7 +401,9 @@ def gpu_check():
     return load_benchmark("gpu_check.py", siblings=("common", "bench_decode"))
 
 
-def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(gpu_check, tmp_path, monkeypatch):
+def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(
+    gpu_check, tmp_path, monkeypatch, torch_state
+):
     def fails(ctx, add_row):
         add_row({"row": "before the error"})
         raise RuntimeError("boom")
@@ -410,11 +417,7 @@ def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(gpu
     monkeypatch.setitem(gpu_check.SECTIONS, "matmul_peak", gpu_check.Section(hangs, "bf16 matmul peak", 10))
     argv = ["--dry_run", "--output_dir", str(tmp_path), "--sections", "correctness", "matmul_peak", "decode"]
     argv += ["--matmul_peak_budget_s", "5.5", "--time_budget_s", "8"]  # after the alarm, too little is left
-    threads = gpu_check.torch.get_num_threads()
-    try:
-        report = gpu_check.main(gpu_check.parse_args(argv))
-    finally:
-        gpu_check.torch.set_num_threads(threads)  # the dry run's one thread must not outlive it
+    report = gpu_check.main(gpu_check.parse_args(argv))
 
     sections = report["sections"]
     assert [sections[name]["status"] for name in sections] == ["failed", "timeout", "skipped"]
