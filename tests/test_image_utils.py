@@ -2,7 +2,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from diffusers_dito.image_utils import to_rgb
+from diffusers_dito.image_utils import read_image, to_rgb
 
 
 def rgb(image):
@@ -45,3 +45,23 @@ def test_palette_and_cmyk():
 def test_other_modes_convert(mode):
     image = PIL.Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 16, "L").convert(mode)
     assert rgb(image).shape == (4, 4, 3)
+
+
+def test_read_image_errors_are_one_line_naming_the_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    for path, problem in (
+        (tmp_path, "is a directory"),
+        (tmp_path / "missing.png", "no such file"),
+        (tmp_path / "notes.txt", "not a readable image"),
+    ):
+        with pytest.raises(ValueError) as error:
+            read_image(path)
+        assert str(error.value).startswith(f"{path}: {problem}") and "\n" not in str(error.value)
+
+
+def test_read_image_of_an_animation_is_its_first_frame_in_rgb(tmp_path, capsys):
+    frames = [PIL.Image.new("L", (4, 3), value) for value in (10, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    image = read_image(tmp_path / "anim.gif")
+    assert image.mode == "RGB" and image.size == (4, 3) and image.getpixel((0, 0)) == (10, 10, 10)
+    assert "2 frames; reconstructing the first" in capsys.readouterr().err

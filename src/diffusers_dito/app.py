@@ -31,7 +31,8 @@ import PIL.Image
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-from .cli import APP_MAX_MEGAPIXELS, MAX_SEED, CLIError, _read_image
+from .image_utils import read_image
+from .limits import APP_MAX_MEGAPIXELS, MAX_SEED
 from .metrics import psnr, ssim
 from .pipelines.loading import model_kind
 from .pipelines.pipeline_dito import DiToPipeline
@@ -124,10 +125,7 @@ def resolve_model_folders(
     model = Path(model)
     if not model.exists():
         raise ValueError(_model_missing(model))
-    if (
-        not any((model / name).is_file() for name in ("model_index.json", "config.json"))
-        and (model / "pipeline").is_dir()
-    ):
+    if not _holds_dito_model(model) and (model / "pipeline").is_dir():
         model = model / "pipeline"  # the output folder of training/demo.py
     try:
         model_kind(model)
@@ -140,12 +138,16 @@ def resolve_model_folders(
         except ValueError as err:
             raise ValueError(f"--student {err}") from None
         return model, Path(student)
-    sibling = model.parent / "student"
+    sibling = model.parent / "student"  # no student next to the model: the app shows the model alone
+    return model, sibling if _holds_dito_model(sibling) and sibling.resolve() != model.resolve() else None
+
+
+def _holds_dito_model(folder: Path) -> bool:
     try:
-        model_kind(sibling)
-    except ValueError:  # no student next to the model: the app shows the model alone
-        return model, None
-    return model, sibling if sibling.resolve() != model.resolve() else None
+        model_kind(folder)
+    except ValueError:
+        return False
+    return True
 
 
 def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
@@ -223,14 +225,13 @@ class DiToReconstructor:
             with PIL.Image.open(path) as image:
                 size = image.size  # from the header: a huge image is refused before it is decoded
         except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
-            pass  # `_read_image` says what is wrong with the file
+            pass  # `read_image` says what is wrong with the file
         if size is not None:
             self.check_size(*size)
         try:
-            image = _read_image(path)
-        except CLIError as err:
+            return read_image(path)
+        except ValueError as err:  # the page names the upload, not the temporary file Gradio stored it in
             raise ValueError(str(err).replace(path, name)) from None
-        return image
 
     def _run(
         self,

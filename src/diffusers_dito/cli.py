@@ -16,9 +16,11 @@ import math
 import sys
 from pathlib import Path
 
-MAX_STEPS = 1000  # ODE steps: far past any quality gain (docs/benchmarks.md), and a bound on run time and memory
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
-APP_MAX_MEGAPIXELS = 1.0  # the web app refuses larger uploads: on a CPU, 32 steps at 1 MP already take minutes
+from .app import launch, resolve_model_folders
+from .image_utils import read_image
+from .limits import APP_MAX_MEGAPIXELS, MAX_SEED
+from .models.autoencoder_dito import MAX_INFERENCE_STEPS
+from .pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind
 
 
 class CLIError(Exception):
@@ -48,7 +50,7 @@ def _bounded_int(low: int, high: int, high_text: str):
     return parse
 
 
-steps_type = _bounded_int(1, MAX_STEPS, str(MAX_STEPS))  # ODE steps
+steps_type = _bounded_int(1, MAX_INFERENCE_STEPS, str(MAX_INFERENCE_STEPS))  # ODE steps
 seed_type = _bounded_int(0, MAX_SEED, "2**64 - 1")  # what torch.Generator.manual_seed accepts
 
 
@@ -69,8 +71,6 @@ def _load_pipeline(model: str, command: str):
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from .pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind
-
     diffusers_logging.disable_progress_bar()  # keep stderr for our own one-line errors
     try:
         kind = model_kind(model)
@@ -81,29 +81,6 @@ def _load_pipeline(model: str, command: str):
     pipe = load_reconstruction_pipeline(model) if command == "reconstruct" else load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)  # stderr is for one-line errors, not a bar per image
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _read_image(name: str):
-    """An RGB PIL image, or a one-line error; an animated file gives its first frame, with a note on stderr."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .image_utils import to_rgb
-
-    path = Path(name)
-    if path.is_dir():
-        raise CLIError(f"{name}: is a directory, not an image file")
-    try:
-        with Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1)
-            if frames > 1:
-                print(f"diffusers-dito: note: {name} has {frames} frames; reconstructing the first", file=sys.stderr)
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise CLIError(f"{name}: no such file") from None
-    except Image.DecompressionBombError as err:
-        raise CLIError(f"{name}: too large to open safely ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise CLIError(f"{name}: not a readable image ({err.__class__.__name__})") from None
 
 
 def output_paths(inputs: list[str], out: Path) -> list[Path]:
@@ -128,7 +105,7 @@ def output_paths(inputs: list[str], out: Path) -> list[Path]:
 def _reconstruct(args) -> None:
     import torch
 
-    images = [_read_image(name) for name in args.inputs]
+    images = [read_image(name) for name in args.inputs]
     pipe = _load_pipeline(args.model, "reconstruct")
     out = Path(args.out)
     targets = output_paths(args.inputs, out)
@@ -197,8 +174,6 @@ def _info(args) -> None:
 
 def _app(args) -> None:
     import importlib.util
-
-    from .app import launch, resolve_model_folders
 
     if args.max_megapixels <= 0:
         raise CLIError(f"--max-megapixels must be > 0, got {args.max_megapixels}")

@@ -1,4 +1,9 @@
-"""Image-mode handling shared by the pipelines, the CLI and the training scripts."""
+"""Reading image files and converting image modes, shared by the pipelines, the CLI, the web app and the training
+scripts."""
+
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -43,3 +48,40 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return PIL.Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def read_image(path: str | os.PathLike) -> PIL.Image.Image:
+    r"""
+    The image file at `path` as 8-bit RGB ([`to_rgb`]). An animated file gives its first frame, with a note on stderr.
+
+    Raises:
+        `ValueError`: One line naming `path` and what is wrong: a folder, a missing file, an image too large to
+            decode safely (PIL's decompression-bomb limit) or a file that is not a readable image.
+
+    Examples:
+        ```py
+        >>> from diffusers_dito.image_utils import read_image
+
+        >>> try:
+        ...     read_image("no-such-photo.png")
+        ... except ValueError as err:
+        ...     print(err)
+        no-such-photo.png: no such file
+
+        ```
+    """
+    name = str(path)
+    if Path(path).is_dir():
+        raise ValueError(f"{name}: is a directory, not an image file")
+    try:
+        with PIL.Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                print(f"diffusers-dito: note: {name} has {frames} frames; reconstructing the first", file=sys.stderr)
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except PIL.Image.DecompressionBombError as err:
+        raise ValueError(f"{name}: too large to open safely ({err})") from None
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{name}: not a readable image ({err.__class__.__name__})") from None

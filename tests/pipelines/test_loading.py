@@ -20,7 +20,14 @@ from diffusers_dito import (
     DiToPipeline,
     hub,
 )
-from diffusers_dito.pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind, update_model_card
+from diffusers_dito.pipelines.loading import (
+    load_component,
+    load_pipeline,
+    load_reconstruction_pipeline,
+    local_model_config,
+    model_kind,
+    update_model_card,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,6 +228,19 @@ def test_one_loader_reads_every_kind_of_saved_folder(tiny_config, tmp_path):
     reconstruction = load_reconstruction_pipeline(tmp_path / "dit")  # decodes as the folder's generations are
     assert type(reconstruction) is DiToPipeline and type(reconstruction.scheduler) is FlowMatchHeunDiscreteScheduler
     assert reconstruction.scheduler.config.shift == 2.0
+
+
+def test_one_loader_reads_a_component_from_a_bare_folder_or_a_pipeline_folder(tiny_config, tmp_path):
+    pipe = build("dito_dit", tiny_config)
+    pipe.save_pretrained(tmp_path / "dit")
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    for folder in ("dit", "vae"):
+        assert local_model_config(tmp_path / folder, "vae")["latent_channels"] == pipe.vae.config.latent_channels
+        assert_same_weights(SimpleNamespace(vae=load_component(AutoencoderDiTo, tmp_path / folder, "vae")), pipe)
+    transformer = load_component(DiToDiTTransformer2DModel, tmp_path / "dit", "transformer")
+    assert_same_weights(SimpleNamespace(transformer=transformer), pipe)
+    assert local_model_config(tmp_path / "dit", "transformer")["_class_name"] == "DiToDiTTransformer2DModel"
+    assert local_model_config(tmp_path / "missing", "vae") is None and local_model_config(tmp_path / "dit") is None
 
 
 @pytest.mark.parametrize(

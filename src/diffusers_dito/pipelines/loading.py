@@ -1,234 +1,47 @@
-"""How DiTo pipelines are saved so that every diffusers loading path finds them.
+"""What is in a saved DiTo folder, and loading it: the one place that knows the folder layouts.
 
-diffusers resolves a plain `_class_name` in `model_index.json` inside the `diffusers` package itself, so a folder
-saved by a pipeline that lives outside diffusers cannot be opened with `DiffusionPipeline.from_pretrained` alone.
-The mechanism diffusers supports for that is `_class_name: [module_file, class_name]` with `module_file.py` inside
-the folder. We write such a file (`pipeline.py`): a one-line re-export of the installed class, never a copy of
-code. Then:
-
-- `DiToPipeline.from_pretrained(dir)` reads the folder as a normal pipeline (no remote code is run: the class is
-  already known, so the list is read as its plain class name);
-- `DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` imports `pipeline.py`, which imports the
-  installed `diffusers_dito`, in a process that never imported it.
-
-diffusers records each component by its defining module in the installed package, e.g.
-`["diffusers_dito.models.autoencoder_dito", "AutoencoderDiTo"]` (it looks the loading base classes up in that
-module, so the top-level package name alone would not load). Those module paths are therefore public API.
-
-Each model subfolder also holds the model's own code and an `auto_map` (`diffusers_dito.hub`), for
-`diffusers.AutoModel.from_pretrained(dir, subfolder="vae", trust_remote_code=True)`. diffusers' AutoModel reads the
-`auto_map` of `model_index.json` when there is one, not the subfolder's `config.json`, and that `auto_map` names one
-module and class for every subfolder: so each model subfolder also gets a module (`hub.ALIAS_MODULE`) that gives its
-own class that one name. Without `trust_remote_code`, AutoModel then refuses the folder, as it does any folder with
-code, and says to pass it.
-
-The model card (`README.md`) has an evaluation section that `update_model_card` fills from the `metrics.json` of
-`training/evaluate_dito.py`; `push_to_hub` uploads the folder as saved, card included.
-
-This module also owns "what is in this model folder": `model_kind` reads it without loading weights, and
-`load_pipeline` / `load_reconstruction_pipeline` load any saved DiTo folder (a `DiToPipeline`, a `DiToDiTPipeline` or
-a bare `AutoencoderDiTo`). The `diffusers-dito` command line and the evaluation scripts all load models through them.
+A folder holds a `DiToPipeline` or a `DiToDiTPipeline` (a `model_index.json` and one subfolder per component, as
+`save_pretrained` writes them) or a bare model (a `config.json` and its weights). `model_kind` and
+`local_model_config` read a folder without loading weights; `load_component` loads one model from a bare folder or
+from its subfolder of a pipeline folder; `load_pipeline` and `load_reconstruction_pipeline` load any saved DiTo folder.
+The `diffusers-dito` command line, its web app, the training and the evaluation scripts all load models through
+them. How the pipelines save themselves, and their model card, is `diffusers_dito.pipelines.serialization`.
 """
 
-import json
 import os
-import re
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from ..hub import (
-    ALIAS_CLASS,
-    ALIAS_MODULE,
-    AUTO_CLASS,
-    AutoMapMixin,
-    RemoteCodeMixin,
-    auto_model_alias,
-    pop_hub_kwargs,
-    push_folder_to_hub,
+from ..models.autoencoder_dito import AutoencoderDiTo
+from ..safe_loading import read_json_object
+from .pipeline_dito import DiToPipeline
+from .pipeline_dito_dit import DiToDiTPipeline
+from .serialization import (
+    CARD_METADATA,
+    DiToPipelineLoadingMixin,
+    evaluation_row,
+    evaluation_section,
+    with_evaluation_row,
 )
-from ..safe_loading import SafetensorsOnlyMixin, read_json_object
 
-if TYPE_CHECKING:  # the pipelines import this module: at run time they are imported where they are used
-    from .pipeline_dito import DiToPipeline
-    from .pipeline_dito_dit import DiToDiTPipeline
+__all__ = [
+    "MODEL_KIND",
+    "PIPELINE_KINDS",
+    "DiToPipelineLoadingMixin",
+    "evaluation_row",
+    "evaluation_section",
+    "load_component",
+    "load_pipeline",
+    "load_reconstruction_pipeline",
+    "local_model_config",
+    "model_kind",
+    "update_model_card",
+]
 
-SHIM_MODULE = "pipeline"
 PIPELINE_KINDS = ("DiToPipeline", "DiToDiTPipeline")  # what a model_index.json may name
 MODEL_KIND = "AutoencoderDiTo"  # what a bare model's config.json may name
 EXPECTED = "a saved DiTo pipeline or AutoencoderDiTo"
-CARD_METADATA = "---\nlibrary_name: diffusers\ntags:\n- diffusers-dito\n- dito\n- image-tokenizer\n---\n"
-# The evaluation section lies between these markers, so that `update_model_card` can replace it.
-EVALUATION_START, EVALUATION_END = "<!-- diffusers-dito evaluation -->", "<!-- /diffusers-dito evaluation -->"
-EVALUATION_COLUMNS = ("data", "steps", "PSNR (dB)", "SSIM", "SWD", "high-frequency ratio")
-
-
-class DiToPipelineLoadingMixin(SafetensorsOnlyMixin, AutoMapMixin):
-    """Mixed into DiTo pipelines: safetensors-only loading; `save_pretrained` writes the shim, the `auto_map` of the
-    model subfolders and a model card, then pushes the complete folder with `push_to_hub=True`."""
-
-    @classmethod
-    def load_config(cls, *args, **kwargs):
-        loaded = super().load_config(*args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        class_name = config.get("_class_name")
-        # Our own shim names this very class: read it as the plain name, so no code from the folder is executed.
-        if isinstance(class_name, (list, tuple)) and list(class_name) == [SHIM_MODULE, cls.__name__]:
-            config["_class_name"] = cls.__name__
-        return loaded
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **kwargs):
-        hub_kwargs = pop_hub_kwargs(kwargs, save_directory)  # diffusers would push before the shim is written
-        super().save_pretrained(save_directory, **kwargs)
-        save_directory = Path(save_directory)
-        index_path = save_directory / "model_index.json"
-        index = json.loads(index_path.read_text())
-        index["_class_name"] = [SHIM_MODULE, type(self).__name__]
-        models = {name: type(c) for name, c in self.components.items() if isinstance(c, RemoteCodeMixin)}
-        for name, cls in models.items():
-            (save_directory / name / f"{ALIAS_MODULE}.py").write_text(auto_model_alias(cls), encoding="utf-8")
-        if models:
-            index["auto_map"] = {AUTO_CLASS: f"{ALIAS_MODULE}.{ALIAS_CLASS}"}
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        (save_directory / f"{SHIM_MODULE}.py").write_text(
-            "# Re-export of the installed diffusers-dito class, so that\n"
-            "# DiffusionPipeline.from_pretrained(this_folder, trust_remote_code=True) finds it.\n"
-            "# No code is copied here.\n"
-            f"from diffusers_dito import {type(self).__name__}  # noqa: F401\n"
-        )
-        card = save_directory / "README.md"
-        if not card.exists():
-            card.write_text(self.model_card())
-        if push_to_hub:
-            push_folder_to_hub(save_directory, **hub_kwargs)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        create_pr: bool = False,
-        safe_serialization: bool = True,
-        variant: str | None = None,
-        subfolder: str | None = None,
-    ):
-        """diffusers' `PushToHubMixin.push_to_hub`, except that the folder is uploaded as `save_pretrained` writes it,
-        with this pipeline's model card (diffusers replaces the card with a generic one)."""
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
-            message = commit_message or f"Upload {type(self).__name__}"
-            return push_folder_to_hub(folder, repo_id, token, private, create_pr, message, path_in_repo=subfolder)
-
-    def model_card(self) -> str:
-        """A short model card: what the pipeline is, its configs, the training data when known, and usage."""
-        name = type(self).__name__
-        sections = [
-            CARD_METADATA,
-            f"# {name}\n",
-            "A DiTo pipeline (Diffusion Autoencoders are Scalable Image Tokenizers, arXiv 2501.18593), saved by "
-            "diffusers-dito.\n",
-            f"Training data: {getattr(self, 'training_data', None) or 'not recorded'}.\n",
-            *([f"Distilled from: {self.distilled_from}.\n"] if getattr(self, "distilled_from", None) else []),
-            "## Usage\n",
-            "```python\n"
-            f"from diffusers_dito import {name}\n\n"
-            f'pipe = {name}.from_pretrained("path/to/this/folder")\n'
-            "# or, without importing diffusers_dito first:\n"
-            "# from diffusers import DiffusionPipeline\n"
-            '# pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)\n'
-            "# or one model, also where diffusers_dito is not installed:\n"
-            "# from diffusers import AutoModel\n"
-            '# vae = AutoModel.from_pretrained("path/to/this/folder", subfolder="vae", trust_remote_code=True)\n'
-            "```\n",
-            evaluation_section([]),
-            "## Components\n",
-        ]
-        for component_name, component in self.components.items():
-            config = getattr(component, "config", None)
-            if config is None:
-                continue
-            body = json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, indent=2, default=str)
-            sections.append(f"### `{component_name}`: `{type(component).__name__}`\n\n```json\n{body}\n```\n")
-        return "\n".join(sections)
-
-
-def evaluation_row(metrics: dict) -> list[str]:
-    r"""
-    The evaluation-table row of a `metrics.json` written by `training/evaluate_dito.py`: data, steps, PSNR, SSIM, SWD
-    and high-frequency energy ratio, `n/a` for a metric that it skipped.
-
-    Examples:
-        ```py
-        >>> from diffusers_dito.pipelines.loading import evaluation_row
-
-        >>> metrics = {"data_dir": "data/val", "num_images": 500, "resolution": 256, "steps": 50, "sampler": "euler"}
-        >>> evaluation_row({**metrics, "psnr": 31.234, "ssim": 0.91, "swd": None, "hf_energy_ratio": 0.97})
-        ['`val` (500 images, 256 px)', '50 euler', '31.23', '0.9100', 'n/a', '0.970']
-
-        ```
-    """
-    size = f", {metrics['resolution']} px" if metrics.get("resolution") else ""
-    data = f"`{Path(metrics['data_dir']).name}` ({metrics['num_images']} images{size})".replace("|", "\\|")
-    values = [metrics.get(name) for name in ("psnr", "ssim", "swd", "hf_energy_ratio")]
-    cells = [
-        "n/a" if value is None else f"{value:{spec}}" for value, spec in zip(values, (".2f", ".4f", ".4f", ".3f"))
-    ]
-    return [data, f"{metrics['steps']} {metrics['sampler']}", *cells]
-
-
-def evaluation_section(rows: list[list[str]]) -> str:
-    """The model card's evaluation section, between its markers: a table of `rows`, or how to fill it in."""
-    if rows:
-        table = ["| " + " | ".join(EVALUATION_COLUMNS) + " |", "|" + "---|" * len(EVALUATION_COLUMNS)]
-        table += ["| " + " | ".join(row) + " |" for row in rows]
-        body = (
-            "Reconstructions of the DiTo autoencoder, from the `metrics.json` of `training/evaluate_dito.py`: PSNR "
-            "and SSIM (higher is better), sliced Wasserstein distance (lower is better), and the high-frequency "
-            "energy of the reconstructions over that of the originals (1 keeps their detail).\n\n"
-            + "\n".join(table)
-            + "\n"
-        )
-    else:
-        body = (
-            "Not evaluated yet: `python training/evaluate_dito.py --model <this folder> --data_dir <images> "
-            "--update_model_card` fills this in.\n"
-        )
-    return f"{EVALUATION_START}\n## Evaluation\n\n{body}{EVALUATION_END}\n"
-
-
-def _table_rows(section: str) -> list[list[str]]:
-    """The body rows of the evaluation table in `section`, split into cells at unescaped `|`."""
-    rows = [re.split(r"(?<!\\)\|", line.strip())[1:-1] for line in section.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in row] for row in rows[2:]]  # after the header and the `---` line
-
-
-def update_model_card(folder: str | os.PathLike, metrics: dict) -> Path:
-    r"""
-    Writes `metrics` (the `metrics.json` of `training/evaluate_dito.py`) into the evaluation table of the folder's
-    `README.md`, replacing the row of the same data and steps: updating twice with the same metrics changes nothing.
-    A card without an evaluation section gets one before its component configs; a folder without a card (a bare
-    `AutoencoderDiTo`) gets a short one. Returns the card's path.
-    """
-    path = Path(folder) / "README.md"
-    card = path.read_text(encoding="utf-8") if path.exists() else f"{CARD_METADATA}\n# {model_kind(folder)}\n\n"
-    start, end = card.find(EVALUATION_START), card.find(EVALUATION_END)
-    if 0 <= start < end:
-        before, rows, after = card[:start], _table_rows(card[start:end]), card[end + len(EVALUATION_END) :]
-    else:
-        split = card.find("## Components") if "## Components" in card else len(card)
-        before, rows, after = card[:split], [], card[split:]
-    row = evaluation_row(metrics)
-    keys = [old[:2] for old in rows]
-    if row[:2] in keys:
-        rows[keys.index(row[:2])] = row
-    else:
-        rows.append(row)
-    after = after.lstrip("\n")
-    path.write_text(before + evaluation_section(rows) + ("\n" + after if after else ""), encoding="utf-8")
-    return path
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -269,29 +82,73 @@ def model_kind(path: str | os.PathLike) -> str:
     raise ValueError(f"{path} has no model_index.json or config.json (expected {EXPECTED})")
 
 
-def load_pipeline(path: str | os.PathLike) -> "DiToPipeline | DiToDiTPipeline":
+def local_model_config(path: str | os.PathLike, subfolder: str | None = None) -> dict | None:
+    r"""
+    The `config.json` of a local model folder, or of the `subfolder` component of a local pipeline folder, read
+    without loading weights; `None` where there is none (a Hub id, or a path that does not exist).
+
+    Raises:
+        `ValueError`: The `config.json` is not a readable JSON object; the message names the file.
+
+    Examples:
+        ```py
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from diffusers_dito.pipelines.loading import local_model_config
+
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "vae").mkdir()
+        >>> _ = (folder / "vae" / "config.json").write_text('{"latent_channels": 4}')
+        >>> local_model_config(folder, "vae"), local_model_config(folder / "vae", "vae"), local_model_config(folder)
+        ({'latent_channels': 4}, {'latent_channels': 4}, None)
+
+        ```
+    """
+    for candidate in (Path(path) / (subfolder or "") / "config.json", Path(path) / "config.json"):
+        if candidate.is_file():
+            return read_json_object(candidate)
+    return None
+
+
+def load_component(model_cls: type, path: str | os.PathLike, component: str, cache_dir: str | None = None):
+    """
+    `model_cls.from_pretrained` of a model saved alone (`save_pretrained`), or of the `component` subfolder of a
+    pipeline folder (e.g. `"vae"`) where `path` has one. `path` may also be a Hub id, of a bare model.
+    """
+    subfolder = component if os.path.isdir(os.path.join(path, component)) else None
+    return model_cls.from_pretrained(path, subfolder=subfolder, cache_dir=cache_dir)
+
+
+def load_pipeline(path: str | os.PathLike) -> DiToPipeline | DiToDiTPipeline:
     """
     The pipeline of a saved DiTo folder: a `DiToPipeline` or `DiToDiTPipeline` folder as saved, a bare
     `AutoencoderDiTo` in a `DiToPipeline` with a default (Euler) scheduler. Raises `model_kind`'s `ValueError` for a
     folder that holds something else.
     """
-    from ..models import AutoencoderDiTo
-    from . import DiToDiTPipeline, DiToPipeline
-
     kind = model_kind(path)
     if kind == MODEL_KIND:
         return DiToPipeline(vae=AutoencoderDiTo.from_pretrained(path), scheduler=FlowMatchEulerDiscreteScheduler())
     return (DiToPipeline if kind == "DiToPipeline" else DiToDiTPipeline).from_pretrained(path)
 
 
-def load_reconstruction_pipeline(path: str | os.PathLike) -> "DiToPipeline":
+def load_reconstruction_pipeline(path: str | os.PathLike) -> DiToPipeline:
     """
     A `DiToPipeline` from any saved DiTo folder, as `load_pipeline` loads it; from a `DiToDiTPipeline` folder, its
     `vae` and the `decoder_scheduler` its generations are decoded with (the transformer is not loaded).
     """
-    from . import DiToDiTPipeline, DiToPipeline
-
     if model_kind(path) != "DiToDiTPipeline":
         return load_pipeline(path)
     generation = DiToDiTPipeline.from_pretrained(path, transformer=None)  # the transformer is not needed
     return DiToPipeline(vae=generation.vae, scheduler=generation.decoder_scheduler)
+
+
+def update_model_card(folder: str | os.PathLike, metrics: dict) -> Path:
+    r"""
+    Writes `metrics` (the `metrics.json` of `training/evaluate_dito.py`) into the evaluation table of the folder's
+    `README.md` ([`~serialization.with_evaluation_row`]): updating twice with the same metrics changes nothing. A
+    folder without a card (a bare `AutoencoderDiTo`) gets a short one. Returns the card's path.
+    """
+    path = Path(folder) / "README.md"
+    card = path.read_text(encoding="utf-8") if path.exists() else f"{CARD_METADATA}\n# {model_kind(folder)}\n\n"
+    path.write_text(with_evaluation_row(card, metrics), encoding="utf-8")
+    return path

@@ -13,7 +13,7 @@ from diffusers.schedulers import SchedulerMixin
 from ..image_utils import to_rgb
 from ..models.autoencoder_dito import AutoencoderDiTo
 from ..scheduling import retrieve_flow_match_timesteps
-from .loading import DiToPipelineLoadingMixin
+from .serialization import DiToPipelineLoadingMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 

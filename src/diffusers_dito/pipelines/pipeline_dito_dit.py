@@ -12,7 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models.autoencoder_dito import AutoencoderDiTo
 from ..models.dit_transformer import DiToDiTTransformer2DModel
 from ..scheduling import retrieve_flow_match_timesteps
-from .loading import DiToPipelineLoadingMixin
+from .serialization import DiToPipelineLoadingMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
