@@ -36,7 +36,6 @@ from .limits import APP_MAX_MEGAPIXELS, MAX_SEED
 from .metrics import psnr, ssim
 from .pipelines.loading import model_kind
 from .pipelines.pipeline_dito import DiToPipeline
-from .scheduling import retrieve_flow_match_timesteps
 
 if TYPE_CHECKING:  # Gradio is the [app] extra: imported where the page is built
     import gradio as gr
@@ -244,7 +243,7 @@ class DiToReconstructor:
         on_step: Callable[[int, int], None] | None,
     ) -> Reconstruction:
         pipe.scheduler = scheduler
-        total = len(retrieve_flow_match_timesteps(scheduler, steps))
+        total = len(pipe.vae.retrieve_timesteps(steps, scheduler))  # the steps `pipe` will report
 
         def step_end(pipeline, step: int, timestep: torch.Tensor, callback_kwargs: dict) -> dict:
             on_step(step + 1, total)

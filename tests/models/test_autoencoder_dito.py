@@ -4,6 +4,7 @@ from diffusers import FlowMatchHeunDiscreteScheduler
 from diffusers.models.autoencoders.vae import DecoderOutput
 
 from diffusers_dito import AutoencoderDiTo
+from diffusers_dito.models.autoencoder_dito import downsample_factor_of
 
 
 def build(tiny_config, **overrides) -> AutoencoderDiTo:
@@ -127,6 +128,24 @@ def test_accepts_other_flow_match_schedulers(tiny_config):
     assert heun.sigma_min == pytest.approx(1e-3)  # the scheduler's own setting is left as it was
 
 
+@pytest.mark.parametrize(
+    "heun, steps, evaluations", [(False, None, 2), (False, 3, 3), (True, None, 3), (True, 3, 5)]
+)  # the config's 2 steps by default; Heun evaluates twice per step but the last
+def test_decode_integrates_on_the_grid_of_retrieve_timesteps(tiny_config, heun, steps, evaluations):
+    vae = build(tiny_config, num_inference_steps=2)
+    scheduler = FlowMatchHeunDiscreteScheduler(shift=2.0) if heun else None
+    timesteps = vae.retrieve_timesteps(steps, scheduler).tolist()
+    seen = []
+    with torch.no_grad():
+        vae.decode(
+            torch.randn(1, 4, 4, 4),
+            num_inference_steps=steps,
+            scheduler=scheduler,
+            callback_on_step_end=lambda step, t, kwargs: seen.append(float(t)) or kwargs,
+        )
+    assert seen == timesteps and len(seen) == evaluations
+
+
 def test_forward_is_encode_then_decode(tiny_config):
     vae = build(tiny_config)
     x = images(1, 3, 32, 32)
@@ -216,7 +235,8 @@ def test_config_is_flat_and_pipeline_compatible(tiny_config):
     vae = build(tiny_config)
     cfg = vae.config
     assert cfg.scaling_factor == 1.0 and cfg.shift_factor == 0.0 and cfg.force_upcast is False
-    assert 2 ** (len(cfg.block_out_channels) - 1) == vae.downsample_factor == 8
+    assert 2 ** (len(cfg.block_out_channels) - 1) == vae.downsample_factor == downsample_factor_of(cfg) == 8
+    assert downsample_factor_of({}) == 8  # a config without `block_out_channels` has the default's factor
     assert all(not isinstance(v, dict) for v in cfg.values())
 
 

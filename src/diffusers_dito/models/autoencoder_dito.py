@@ -4,6 +4,7 @@
 # Structure adapted from diffusers `models/autoencoders/consistency_decoder_vae.py` (an autoencoder whose decoder is
 # a diffusion UNet) and `autoencoder_kl.py` (the encode/decode API that stock pipelines call).
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +49,27 @@ class AutoencoderDiToEncoderOutput(BaseOutput):
 MAX_INFERENCE_STEPS = 1000  # ODE steps: far past any quality gain, and a bound on the run time a typo can cost
 
 
-def _check_config(**config) -> None:
+def downsample_factor_of(config: dict) -> int:
+    r"""
+    The spatial down-sampling factor f of an [`AutoencoderDiTo`] config, `2 ** (len(block_out_channels) - 1)`, read
+    from the dict (a `config.json`, a preset) without building the model; a config that leaves `block_out_channels`
+    out has the default's f. A model's own is [`AutoencoderDiTo.downsample_factor`].
+
+    Examples:
+        ```py
+        >>> from diffusers_dito import DITO_PRESETS
+        >>> from diffusers_dito.models.autoencoder_dito import downsample_factor_of
+
+        >>> downsample_factor_of(DITO_PRESETS["dito-tiny"]), downsample_factor_of({"block_out_channels": [8, 16]})
+        (8, 2)
+
+        ```
+    """
+    default = inspect.signature(AutoencoderDiTo.__init__).parameters["block_out_channels"].default
+    return 2 ** (len(config.get("block_out_channels", default)) - 1)
+
+
+def _check_config(config: dict) -> None:
     """A `ValueError` naming the field for a config no model can be built from (or that would decode to NaN)."""
     int_fields = (
         "in_channels",
@@ -79,6 +100,13 @@ def _check_config(**config) -> None:
     for name in ("scaling_factor", "shift_factor"):
         if not math.isfinite(config[name]) or (name == "scaling_factor" and config[name] == 0):
             raise ValueError(f"Config `{name}` must be finite (and the scaling non-zero), got {config[name]!r}.")
+    decoder_factor = 2 ** (len(config["decoder_block_out_channels"]) - 1)  # the decoder UNet's own down-sampling
+    if downsample_factor_of(config) % decoder_factor != 0:
+        raise ValueError(
+            f"The decoder UNet down-samples by {decoder_factor}, which must divide the encoder's factor "
+            f"{downsample_factor_of(config)}; use at most {len(config['block_out_channels'])} "
+            "`decoder_block_out_channels`."
+        )
 
 
 def check_finite(tensor: torch.Tensor, what: str | Callable[[], str]) -> None:
@@ -185,30 +213,7 @@ class AutoencoderDiTo(
         force_upcast: bool = False,
     ):
         super().__init__()
-        _check_config(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            latent_channels=latent_channels,
-            block_out_channels=block_out_channels,
-            encoder_layers_per_block=encoder_layers_per_block,
-            encoder_norm_num_groups=encoder_norm_num_groups,
-            decoder_block_out_channels=decoder_block_out_channels,
-            decoder_layers_per_block=decoder_layers_per_block,
-            decoder_norm_num_groups=decoder_norm_num_groups,
-            layer_norm_eps=layer_norm_eps,
-            num_inference_steps=num_inference_steps,
-            scaling_factor=scaling_factor,
-            shift_factor=shift_factor,
-        )
-        downsample_factor = 2 ** (len(block_out_channels) - 1)
-        decoder_factor = 2 ** (len(decoder_block_out_channels) - 1)
-        if downsample_factor % decoder_factor != 0:
-            raise ValueError(
-                f"The decoder UNet down-samples by {decoder_factor}, which must divide the encoder's factor "
-                f"{downsample_factor}; use at most {len(block_out_channels)} `decoder_block_out_channels`."
-            )
-        if num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
+        _check_config(self.config)  # `register_to_config` has recorded the arguments before this body runs
 
         self.encoder = Encoder(
             in_channels=in_channels,
@@ -247,8 +252,8 @@ class AutoencoderDiTo(
 
     @property
     def downsample_factor(self) -> int:
-        """Spatial down-sampling factor f of the encoder (8 for f8c4)."""
-        return 2 ** (len(self.config.block_out_channels) - 1)
+        """Spatial down-sampling factor f of the encoder (8 for f8c4): `downsample_factor_of(self.config)`."""
+        return downsample_factor_of(self.config)
 
     # ------------------------------------------------------------------ validation
     def check_images(self, x: torch.Tensor, finite: bool = True) -> None:
@@ -444,10 +449,39 @@ class AutoencoderDiTo(
         shape = (batch_size, self.config.out_channels, h * f, w * f)
         return randn_tensor(shape, generator=generator, device=z.device, dtype=z.dtype)
 
+    def retrieve_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        scheduler: SchedulerMixin | None = None,
+        sigmas: list[float] | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        r"""
+        Put `scheduler` on the grid that `decode` integrates on and return its timesteps (σ·1000), one per decoder
+        evaluation: `num_inference_steps` for Euler, `2 * num_inference_steps - 1` for Heun. `decode` takes its grid
+        from here, so this is where its defaults are filled in and its `num_inference_steps` and `sigmas` are checked;
+        a caller that needs the length of a decode (a progress bar) asks here. The arguments are `decode`'s.
+
+        Examples:
+            ```py
+            >>> from diffusers import FlowMatchHeunDiscreteScheduler
+            >>> from diffusers_dito import DITO_PRESETS, AutoencoderDiTo
+
+            >>> vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
+            >>> vae.retrieve_timesteps(4).tolist(), len(vae.retrieve_timesteps(4, FlowMatchHeunDiscreteScheduler()))
+            ([1000.0, 750.0, 500.0, 250.0], 7)
+
+            ```
+        """
+        num_inference_steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        self.check_steps(num_inference_steps)
+        scheduler = self.scheduler if scheduler is None else scheduler
+        return retrieve_flow_match_timesteps(scheduler, num_inference_steps, device=device, sigmas=sigmas)
+
     def _integrate(
         self,
         z: torch.Tensor,
-        num_inference_steps: int,
+        num_inference_steps: int | None,
         scheduler: SchedulerMixin,
         sigmas: list[float] | None,
         callback_on_step_end: Callable | None,
@@ -456,8 +490,9 @@ class AutoencoderDiTo(
         generator=None,
     ) -> torch.Tensor:
         """The ODE from t = 1 to 0: the only sampling loop of DiTo's decoder."""
+        # Every pass (one per image, with slicing) starts the scheduler afresh on the grid.
+        timesteps = self.retrieve_timesteps(num_inference_steps, scheduler, sigmas, device=z.device)
         conditioning = self.decoder_conditioning(z)  # once, not per step
-        timesteps = retrieve_flow_match_timesteps(scheduler, num_inference_steps, device=z.device, sigmas=sigmas)
         # Drawn here, the initial noise is referenced by `sample` alone, so the first step frees it: a tiled decode of
         # a large image never holds two image-sized noise tensors. Slicing hands in this image's part of a batch draw.
         sample = self.initial_noise(z, generator) if noise is None else noise
@@ -469,6 +504,14 @@ class AutoencoderDiTo(
                 callback_kwargs = {name: {"sample": sample}[name] for name in callback_on_step_end_tensor_inputs}
                 sample = self._callback_sample(callback_on_step_end(i, t, callback_kwargs), sample)
         return sample.clamp(-1, 1)
+
+    @staticmethod
+    def _describe_decoded(z: torch.Tensor) -> str:
+        """What `decode`'s finiteness check calls its output: with the range of `z`, a hint at the usual cause."""
+        return (
+            f"The decoded images (latents ranged over [{z.min().item():.3g}, {z.max().item():.3g}]; DiTo latents are "
+            "layer-normalised, so values far beyond ±10 mean they were scaled wrongly)"
+        )
 
     @staticmethod
     def _callback_sample(callback_outputs, sample: torch.Tensor) -> torch.Tensor:
@@ -520,20 +563,17 @@ class AutoencoderDiTo(
             [`DecoderOutput`] or `tuple`: images of shape `(batch_size, out_channels, h * f, w * f)` in [-1, 1].
         """
         self.check_latents(z)
-        num_inference_steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        self.check_steps(num_inference_steps)
         if set(callback_on_step_end_tensor_inputs) - {"sample"}:
             raise ValueError(
                 "`callback_on_step_end_tensor_inputs` must be in ['sample'], got "
                 f"{list(callback_on_step_end_tensor_inputs)}."
             )
-        scheduler = self.scheduler if scheduler is None else scheduler
         z = z.to(self.decoder_unet.conv_in.weight.dtype)
         check_generators(generator, z.shape[0])
         loop = functools.partial(
             self._integrate,
             num_inference_steps=num_inference_steps,
-            scheduler=scheduler,
+            scheduler=self.scheduler if scheduler is None else scheduler,
             sigmas=sigmas,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs),
@@ -543,13 +583,7 @@ class AutoencoderDiTo(
             sample = torch.cat([loop(z_i, noise=noise_i) for z_i, noise_i in zip(z.split(1), noise.split(1))])
         else:
             sample = loop(z, generator=generator)
-        check_finite(
-            sample,
-            lambda: (
-                f"The decoded images (latents ranged over [{z.min().item():.3g}, {z.max().item():.3g}]; DiTo "
-                "latents are layer-normalised, so values far beyond ±10 mean they were scaled wrongly)"
-            ),
-        )
+        check_finite(sample, lambda: self._describe_decoded(z))
         if not return_dict:
             return (sample,)
         return DecoderOutput(sample=sample)

@@ -12,7 +12,6 @@ from diffusers.schedulers import SchedulerMixin
 
 from ..image_utils import to_rgb
 from ..models.autoencoder_dito import AutoencoderDiTo
-from ..scheduling import retrieve_flow_match_timesteps
 from .serialization import DiToPipelineLoadingMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -76,7 +75,7 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
     def __init__(self, vae: AutoencoderDiTo, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(vae=vae, scheduler=scheduler)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = self.vae.downsample_factor
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
 
     # ------------------------------------------------------------------ inputs
@@ -128,6 +127,21 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
 
     def _unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+
+    def check_inputs(self, image, latents, height, width, output_type, callback_on_step_end_tensor_inputs) -> None:
+        """Checks `__call__`'s arguments before any work, except the images, which are checked as they are read, and
+        the step count and `sigmas`, which `vae.retrieve_timesteps` checks, for `vae.decode` too."""
+        if (image is None) == (latents is None):
+            raise ValueError("Pass exactly one of `image` (to reconstruct) or `latents` (to decode).")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs):
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}.")
+        if image is not None and (height is not None or width is not None):
+            raise ValueError("`height` and `width` apply to `latents` only; an `image` keeps its own size.")
+        if latents is not None:
+            self.vae.check_latents(latents)
+            self.check_output_size(height, width, latents.shape[-2:])
 
     def check_output_size(self, height, width, latent_size) -> None:
         """`height`/`width` with `latents`: ints that the latent's size could have come from (padding < f)."""
@@ -199,36 +213,23 @@ class DiToPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         Returns:
             [`ImagePipelineOutput`] or `tuple`.
         """
-        if (image is None) == (latents is None):
-            raise ValueError("Pass exactly one of `image` (to reconstruct) or `latents` (to decode).")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        num_inference_steps = (
-            self.vae.config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        )
-        self.vae.check_steps(num_inference_steps)
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}.")
+        self.check_inputs(image, latents, height, width, output_type, callback_on_step_end_tensor_inputs)
         device = self._execution_device
+        # The grid `vae.decode` will integrate on (Heun's has 2N - 1 steps): it checks the step count and `sigmas`
+        # before any work, and its length is the bar's, per decode pass.
+        num_steps = len(self.vae.retrieve_timesteps(num_inference_steps, self.scheduler, sigmas, device))
 
         if image is not None:
-            if height is not None or width is not None:
-                raise ValueError("`height` and `width` apply to `latents` only; an `image` keeps its own size.")
             x = self._preprocess(image)
             height, width = x.shape[-2:]
             x = pad_to_multiple(x, self.vae_scale_factor).to(device=device, dtype=self.vae.dtype)
             z = self.vae.encode(x).latents  # (B, C, H'/f, W'/f)
         else:
-            self.vae.check_latents(latents)
-            self.check_output_size(height, width, latents.shape[-2:])
             z = self._unscale_latents(latents.to(device=device, dtype=self.vae.dtype))
 
         if output_type == "latent":
             images = self._scale_latents(z)
         else:
-            # The bar's length: the grid `vae.decode` will integrate on (Heun takes 2N - 1 steps), per decode pass.
-            num_steps = len(retrieve_flow_match_timesteps(self.scheduler, num_inference_steps, device, sigmas))
             passes = z.shape[0] if self.vae.use_slicing else 1
             with self.progress_bar(total=num_steps * passes) as progress:
 

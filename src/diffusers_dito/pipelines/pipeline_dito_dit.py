@@ -80,7 +80,7 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
             for label in value.split(","):
                 self.labels[label.strip()] = key
         self.labels = dict(sorted(self.labels.items()))
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = self.vae.downsample_factor
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
 
     @property
