@@ -18,16 +18,11 @@ stand in as a fixed tensor (with `--cache_teacher_targets` they are looked up, n
 
 import argparse
 import itertools
-import sys
-from pathlib import Path
 
 import torch
 
 from common import interleaved_medians, machine_info, markdown_table, write_json
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
-
-from training.distill_dito import DistillationObjective, build_student  # noqa: E402
+from diffusers_dito.training.objectives import DistillationObjective, build_student
 
 # recipe -> DistillationObjective's keyword arguments beyond the band-weighted loss (the demo's)
 RECIPES = {
@@ -63,10 +58,7 @@ def main(args) -> dict:
     steps = {}
     for name in args.recipes:
         # one student per recipe, so that no recipe's optimizer state or weights reach another's steps
-        student = build_student(
-            argparse.Namespace(teacher_model_name_or_path=args.teacher, cache_dir=None, gradient_checkpointing=False,
-                               student_steps=args.student_steps)
-        )  # fmt: skip
+        student = build_student(args.teacher, args.student_steps)
         with torch.no_grad():
             latents = student.encode(images).latents  # (B, C, h, w): the frozen encoder's, the same for every recipe
         terms = {"data_loss_weight": 0.0, **RECIPES[name]}

@@ -19,8 +19,6 @@ and the final save cancel out.
 """
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,15 +26,19 @@ from pathlib import Path
 
 import torch
 
-from common import count_flops, interleaved_medians, machine_info, markdown_table, matmul_peak_flops, write_json
+from common import (
+    count_flops,
+    interleaved_medians,
+    machine_info,
+    markdown_table,
+    matmul_peak_flops,
+    run_training_script,
+    write_json,
+)
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
 from diffusers_dito.sample_data import write_photo_crops
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from training.performance import optimizer_kwargs  # noqa: E402
-
-from training import train_dito  # noqa: E402
+from diffusers_dito.training.objectives import DiToTrainingObjective
+from diffusers_dito.training.performance import optimizer_kwargs
 
 VARIANTS = ("fp32", "channels_last", "adamw_foreach", "adamw_fused", "bf16_autocast", "compile")
 # Operator kinds of the profile: the first kind with a pattern inside the operator's name wins.
@@ -73,9 +75,7 @@ def script_seconds(data_dir: Path, out_dir: Path, steps: int, args) -> float:
         "--checkpointing_steps", "1000000", "--validation_steps", "1000000", "--output_dir", str(out_dir),
         "--dataloader_num_workers", "0", "--seed", "0",
     ]  # fmt: skip
-    start = time.perf_counter()
-    train_dito.main(train_dito.parse_args(argv))
-    return time.perf_counter() - start
+    return run_training_script("train_dito.py", argv, threads=torch.get_num_threads())
 
 
 def training_step(args, device: torch.device, variant: str) -> Callable[[], None]:
@@ -87,7 +87,7 @@ def training_step(args, device: torch.device, variant: str) -> Callable[[], None
     params = list(vae.parameters())
     implementation = {"adamw_foreach": "foreach", "adamw_fused": "fused"}.get(variant, "auto")
     optimizer = torch.optim.AdamW(params, lr=1e-4, **optimizer_kwargs(implementation, params))
-    objective = train_dito.DiToTrainingObjective(vae, 0.1, memory_format=memory_format)
+    objective = DiToTrainingObjective(vae, 0.1, memory_format=memory_format)
     if variant == "compile":
         objective = torch.compile(objective, backend=args.compile_backend)
     x = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=device) * 2 - 1

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,9 +18,26 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from diffusers_dito.training.performance import BF16_CPU_FLAGS, cpu_flags, cpu_info  # the training scripts' CPU probe
 
-from training.performance import BF16_CPU_FLAGS, cpu_flags, cpu_info  # noqa: E402  (the training scripts' CPU probe)
+TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"
+
+
+def run_training_script(script: str, argv: list[str], threads: int | None = None) -> float:
+    """Run `training/<script>` (a training or evaluation script) with `argv` in a fresh Python process, as a user
+    would; returns its wall time (s).
+    Its output is shown only if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(TRAINING_SCRIPTS / script), *argv], env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{script} failed (exit code {result.returncode}):\n{result.stderr[-4000:]}")
+    return seconds
 
 
 def sync(device: torch.device) -> None:

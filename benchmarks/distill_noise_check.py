@@ -18,22 +18,17 @@ crop (more pairs) is then the lever, rather than more steps over the same pairs.
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from common import markdown_table, write_json
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
-
-from training.data import seed_from  # noqa: E402
-from training.distill_dito import TeacherTargetCache  # noqa: E402
-from training.evaluation import list_image_files, load_images  # noqa: E402
-
-from diffusers_dito import AutoencoderDiTo  # noqa: E402
-from diffusers_dito.metrics import psnr  # noqa: E402
-from diffusers_dito.pipelines.loading import load_reconstruction_pipeline  # noqa: E402
+from diffusers_dito import AutoencoderDiTo
+from diffusers_dito.metrics import psnr
+from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
+from diffusers_dito.training.data import seed_from
+from diffusers_dito.training.evaluation import list_image_files, load_images
+from diffusers_dito.training.objectives import TeacherTargetCache
 
 FRESH_NOISE_OFFSET = 10_000  # fresh draws: seeds no cached pair and no held-out image uses
 

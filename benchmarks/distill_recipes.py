@@ -19,22 +19,18 @@ This is the exploration script, kept so that its runs can be repeated digit for 
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 from diffusers.optimization import get_scheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
-
-from training.data import seed_from  # noqa: E402
-from training.distill_dito import TeacherTargetCache  # noqa: E402
-from training.evaluation import list_image_files, load_images  # noqa: E402
-
-from diffusers_dito import AutoencoderDiTo, patch_sliced_wasserstein_loss  # noqa: E402
-from diffusers_dito.metrics import psnr, sliced_wasserstein_distance  # noqa: E402
-from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
+from diffusers_dito import AutoencoderDiTo, patch_sliced_wasserstein_loss
+from diffusers_dito.metrics import psnr, sliced_wasserstein_distance
+from diffusers_dito.metrics.swd import laplacian_pyramid
+from diffusers_dito.training.data import seed_from
+from diffusers_dito.training.evaluation import list_image_files, load_images
+from diffusers_dito.training.objectives import TeacherTargetCache
 
 
 def parse_args(argv=None):

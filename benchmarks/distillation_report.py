@@ -18,24 +18,19 @@ noise of seed + i.
 """
 
 import argparse
+import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import bench_decode
-from common import machine_info, markdown_table, write_json
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
-
-from training.evaluation import labelled_grid, list_image_files, load_image, load_images  # noqa: E402
-
-from diffusers_dito.metrics import psnr  # noqa: E402
-from diffusers_dito.metrics.swd import laplacian_pyramid  # noqa: E402
-from diffusers_dito.pipelines.loading import load_reconstruction_pipeline  # noqa: E402
-from training import evaluate_dito  # noqa: E402
+from common import machine_info, markdown_table, run_training_script, write_json
+from diffusers_dito.metrics import psnr
+from diffusers_dito.metrics.swd import laplacian_pyramid
+from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
+from diffusers_dito.training.evaluation import labelled_grid, list_image_files, load_image, load_images
 
 TEACHER_MANY_STEPS = 50  # the paper's decoding steps
 FIGURE_CELL = 96  # px: smaller images are enlarged to at least this in the figure
@@ -78,24 +73,11 @@ def parse_args(argv=None):
 
 
 def evaluate(model: str, steps: int, args, name: str) -> dict:
-    """evaluate_dito.py's metrics of `model` decoded with `steps` Euler steps (no sweep)."""
-    result = evaluate_dito.main(
-        evaluate_dito.parse_args(
-            [
-                "--model",
-                model,
-                "--data_dir",
-                args.data_dir,
-                "--steps",
-                str(steps),
-                "--skip_sweep",
-                "--seed",
-                str(args.seed),
-                "--output_dir",
-                str(Path(args.output_dir) / name),
-            ]
-        )  # fmt: skip
-    )
+    """evaluate_dito.py's metrics of `model` decoded with `steps` Euler steps (no sweep), run as a user runs it."""
+    output_dir = Path(args.output_dir) / name
+    argv = ["--model", str(model), "--data_dir", str(args.data_dir), "--steps", str(steps), "--skip_sweep"]
+    run_training_script("evaluate_dito.py", [*argv, "--seed", str(args.seed), "--output_dir", str(output_dir)])
+    result = json.loads((output_dir / "metrics.json").read_text())
     levels = sorted((k for k in result if k.startswith("swd_")), key=lambda k: -int(k.split("_")[1]))  # finest first
     return {key: result.get(key) for key in ("psnr", "ssim", "swd", *levels, "hf_energy_ratio")}
 

@@ -11,18 +11,14 @@ perceptual-feature term moves the metrics, but it is not the paper's LPIPS. Give
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-from common import write_json
+from common import run_training_script, write_json
 from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES, _lpips_backbone
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from training import demo  # noqa: E402
+DEMO_MAX_TRAIN_STEPS = 1000  # training/demo.py's default
 
 METRICS = ("psnr", "ssim", "swd", "hf_energy_ratio")
 
@@ -33,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument("--lpips_weight", type=float, default=0.5, help="Paper: 0.5.")
     parser.add_argument("--lpips_net", default="alex", choices=sorted(LPIPS_BACKBONE_FILES))
     parser.add_argument("--lpips_backbone", default=None, help="A real torchvision checkpoint (default: random).")
-    parser.add_argument("--max_train_steps", type=int, default=demo.MAX_TRAIN_STEPS)
+    parser.add_argument("--max_train_steps", type=int, default=DEMO_MAX_TRAIN_STEPS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     return parser.parse_args(argv)
@@ -50,7 +46,7 @@ def random_backbone(folder: Path, net_type: str, seed: int) -> Path:
 
 def run_demo(output_dir: Path, args, lpips: list[str]) -> dict:
     argv = ["--output_dir", str(output_dir), "--max_train_steps", str(args.max_train_steps), "--seed", str(args.seed)]
-    demo.main(demo.parse_args(argv + lpips))
+    run_training_script("demo.py", argv + lpips)
     metrics = json.loads((output_dir / "evaluation" / "metrics.json").read_text())
     timing = json.loads((output_dir / "evaluation" / "timing.json").read_text())
     return {**{k: metrics[k] for k in METRICS}, "steps": metrics["steps"], **timing}

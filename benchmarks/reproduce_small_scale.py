@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -50,10 +49,7 @@ from diffusers_dito.metrics import (
 )
 from diffusers_dito.sample_data import PHOTOS, split_crop_boxes, split_crops
 from diffusers_dito.scheduling import retrieve_flow_match_timesteps
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `training.*`
-
-from training.evaluation import labelled_grid  # noqa: E402
+from diffusers_dito.training.evaluation import labelled_grid
 
 BASE_PRESET = "dito-cpu-f4c4"  # the demo's model
 # Decoder widths (c0, c1, c2) for claim (b), multiples of the preset's 16 GroupNorm groups; "base" is the demo's.

@@ -15,21 +15,14 @@ most `--tolerance` (10%) above the warm RSS.
 
 import argparse
 import json
-import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import machine_info, markdown_table, write_json
+from common import machine_info, markdown_table, run_training_script, write_json
 from diffusers_dito import DITO_PRESETS
 from diffusers_dito.sample_data import write_photo_crops
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from training import train_dito  # noqa: E402
 
 MIB = 2**20
 # The size of the tests' models: the soak is about what surrounds the network, which this keeps cheap.
@@ -64,7 +57,7 @@ def parse_args(argv=None):
 
 
 def run_training(data_dir: Path, out_dir: Path, args) -> tuple[list[int], float]:
-    """Train through the script's main(); returns the RSS after each step (bytes) and the wall time (s)."""
+    """Train with the script, in its own process; returns the RSS after each step (bytes) and the wall time (s)."""
     if args.preset is not None:
         model = ["--model_preset", args.preset]
     else:
@@ -78,9 +71,7 @@ def run_training(data_dir: Path, out_dir: Path, args) -> tuple[list[int], float]
         "--num_validation_images", "4", "--output_dir", str(out_dir / "run"), "--cache_dir", str(out_dir / "cache"),
         "--report_to", "tensorboard", "--seed", "0", "--debug_dump_dir", str(out_dir / "dump"),
     ]  # fmt: skip
-    start = time.perf_counter()
-    train_dito.main(train_dito.parse_args(argv))
-    seconds = time.perf_counter() - start
+    seconds = run_training_script("train_dito.py", argv, threads=args.threads)
     dump = json.loads((out_dir / "dump" / "rank0.json").read_text())
     return dump["rss_bytes"], seconds
 

@@ -20,10 +20,6 @@ if _WORKERS > 1:
 if "HF_MODULES_CACHE" not in os.environ:
     _modules_cache = tempfile.TemporaryDirectory(prefix="dito-hf-modules-")
     os.environ["HF_MODULES_CACHE"] = _modules_cache.name
-# The repository root, for `from training import ...`: without it, `training` would resolve to the tests/training
-# folder (a namespace package, since tests/ is on sys.path) whenever a test module is collected on its own.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

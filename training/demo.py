@@ -24,20 +24,28 @@ Outputs under `--output_dir`: `pipeline/` (the trained DiToPipeline, loadable wi
 """
 
 import argparse
+import importlib.util
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-# Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from diffusers_dito import DITO_PRESETS
+from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
+from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES
+from diffusers_dito.sample_data import write_split_crops
+from diffusers_dito.training.objectives import LOSS_TYPES, SWD_NOISES
 
-from diffusers_dito import DITO_PRESETS  # noqa: E402
-from diffusers_dito.cli import OneLineArgumentParser  # noqa: E402  (one-line usage errors, exit code 2)
-from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES  # noqa: E402
-from diffusers_dito.sample_data import write_split_crops  # noqa: E402
-from training import distill_dito, evaluate_dito, train_dito  # noqa: E402
+
+def _sibling_script(name: str):
+    """The training script `name`.py beside this file, imported as a module (the scripts are files, not a package)
+    so that the demo runs its stages in this process, without paying the start-up of three more interpreters."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_dito, distill_dito, evaluate_dito = (_sibling_script(n) for n in ("train_dito", "distill_dito", "evaluate_dito"))
 
 # The recipe, in one place (chosen by the runs in docs/results.md, "Choosing the demo's recipe").
 PRESET = "dito-cpu-f4c4"  # f4c4: an 8×8×4 latent for a 32² crop
@@ -92,13 +100,13 @@ def parse_args(argv=None):
     distill.add_argument("--distill_steps", type=int, default=DISTILL_STEPS)
     distill.add_argument("--distill_batch_size", type=int, default=DISTILL_BATCH_SIZE)
     distill.add_argument("--distill_learning_rate", type=float, default=DISTILL_LEARNING_RATE)
-    distill.add_argument("--distill_loss_type", default=DISTILL_LOSS_TYPE, choices=distill_dito.LOSS_TYPES)
+    distill.add_argument("--distill_loss_type", default=DISTILL_LOSS_TYPE, choices=LOSS_TYPES)
     distill.add_argument(
         "--distill_fine_weight", type=float, default=DISTILL_FINE_WEIGHT, help="--loss_type laplacian."
     )
     distill.add_argument("--distill_data_loss_weight", type=float, default=DISTILL_DATA_LOSS_WEIGHT)
     distill.add_argument("--distill_swd_loss_weight", type=float, default=DISTILL_SWD_LOSS_WEIGHT)
-    distill.add_argument("--distill_swd_noise", default=DISTILL_SWD_NOISE, choices=distill_dito.SWD_NOISES)
+    distill.add_argument("--distill_swd_noise", default=DISTILL_SWD_NOISE, choices=SWD_NOISES)
     distill.add_argument("--teacher_steps", type=int, default=None, help="Default: the model's own steps.")
     return parser.parse_args(argv)
 

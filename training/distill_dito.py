@@ -17,7 +17,7 @@ latent caches and latent DiTs trained on the teacher stay valid. The output is a
 the drop-in `vae=`, tiling, the CLI) decodes in one network evaluation with no code change.
 
 Data, EMA, atomic checkpoints, exact resume, multi-process training and the bad-data and non-finite limits are those
-of train_dito.py, shared through the `training` package.
+of train_dito.py, shared through the `diffusers_dito.training` library.
 
     accelerate launch training/distill_dito.py --teacher_model_name_or_path dito-b --train_data_dir ./images \
         --resolution 256 --train_batch_size 16 --max_train_steps 20000 --output_dir dito-b-1step
@@ -27,7 +27,6 @@ docs/distillation.md has the method, the flags and the measured results.
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -35,42 +34,29 @@ import torch
 from accelerate.logging import get_logger
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 
-from diffusers_dito import AutoencoderDiTo, laplacian_l2_loss, patch_sliced_wasserstein_loss
+from diffusers_dito import AutoencoderDiTo
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
-
-# Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from training import arguments, performance, steps
-from training.checkpointing import (
-    create_ema,
-    ema_weights,
-    load_component,
-    register_checkpoint_hooks,
-    resume,
-    run_signature,
-    save_checkpoint,
+from diffusers_dito.training import arguments, performance
+from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
+from diffusers_dito.training.checkpoints import load_component, run_signature
+from diffusers_dito.training.data import image_training_data, seed_from
+from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
+from diffusers_dito.training.objectives import (
+    LOSS_TYPES,
+    SWD_NOISES,
+    DistillationObjective,
+    TeacherTargetCache,
+    build_student,
+    teacher_targets,
 )
-from training.data import image_training_data, seed_from
-from training.debug import install_debug_hooks
-from training.logging_utils import (
-    StepStatistics,
-    create_accelerator,
-    init_trackers,
-    log_banner,
-    save_validation_grid,
-    to_uint8,
-)
-from training.performance import add_performance_arguments
-from training.reliability import RunGuard, lock_output_dir, run_script
+from diffusers_dito.training.reliability import lock_output_dir, run_script
+from diffusers_dito.training.trained_weights import create_ema
 
 logger = get_logger(__name__, log_level="INFO")
 
 LOSS_LOGS = {"distill_loss": "distill_loss", "data_loss": "data_loss", "swd_loss": "swd_loss"}  # terms -> logged means
-SWD_NOISES = ("fresh", "paired")
 SWD_MIN_RESOLUTION = 14  # patch_sliced_wasserstein_loss's defaults: 7 px patches on the 2 finest pyramid levels
 FRESH_NOISE_KEY = 0x6672657368  # seed_from(seed, rank, epoch, batch, FRESH_NOISE_KEY): the --swd_noise fresh draws
-LOSS_TYPES = ("l2", "laplacian")
 MAX_STUDENT_STEPS = 2
 
 
@@ -163,7 +149,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--num_validation_images", type=arguments.positive_int, default=4, help="The first N dataset images."
     )
     arguments.add_tracker_arguments(val, project_name="distill_dito")
-    add_performance_arguments(parser)
+    performance.add_performance_arguments(parser)
     arguments.add_debug_arguments(parser)
 
     args = parser.parse_args(input_args)
@@ -208,135 +194,6 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         )
 
 
-# ----------------------------------------------------------------------------------------------------------- model
-class DistillationObjective(torch.nn.Module):
-    """The student's decode of (z, ε) against the teacher's, as a module's forward: DistributedDataParallel syncs
-    gradients only for computations run through the wrapped module's `forward`."""
-
-    def __init__(
-        self,
-        student: AutoencoderDiTo,
-        student_steps: int,
-        data_loss_weight: float,
-        loss_type: str = "l2",
-        laplacian_levels: int = 3,
-        laplacian_fine_weight: float = 4.0,
-        swd_loss_weight: float = 0.0,
-        swd_noise: str = "fresh",
-    ):
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {loss_type!r}.")
-        if swd_noise not in SWD_NOISES:
-            raise ValueError(f"`swd_noise` must be one of {SWD_NOISES}, got {swd_noise!r}.")
-        self.student, self.student_steps, self.data_loss_weight = student, student_steps, data_loss_weight
-        self.loss_type = loss_type
-        self.laplacian = {"num_levels": laplacian_levels, "fine_weight": laplacian_fine_weight}
-        self.swd_loss_weight, self.swd_noise = swd_loss_weight, swd_noise
-
-    def forward(
-        self,
-        latents: torch.Tensor,
-        targets: torch.Tensor,
-        images: torch.Tensor,
-        noise_seed: int | list[int],
-        fresh_seed: int = 0,
-        valid: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        # The same seed(s) as the teacher's decode: the same ε, drawn by `decode` itself.
-        generator = noise_generators(noise_seed, latents.device)
-        sample = self.student.decode(latents, generator=generator, num_inference_steps=self.student_steps).sample
-        if self.loss_type == "laplacian":
-            distill_loss = laplacian_l2_loss(sample, targets, **self.laplacian)  # (B,)
-        else:
-            distill_loss = (sample.float() - targets.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        data_loss = (sample.float() - images.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        loss = distill_loss + self.data_loss_weight * data_loss if self.data_loss_weight else distill_loss
-        swd_loss = self.distribution_loss(latents, targets, sample, fresh_seed, valid)  # scalar: one per batch
-        if self.swd_loss_weight:
-            loss = loss + self.swd_loss_weight * swd_loss
-        swd_loss = swd_loss.detach().expand_as(distill_loss)  # (B,), for the per-sample logs
-        return {"per_sample_loss": loss, "distill_loss": distill_loss, "data_loss": data_loss, "swd_loss": swd_loss}
-
-    def distribution_loss(
-        self, latents: torch.Tensor, targets: torch.Tensor, sample: torch.Tensor, fresh_seed: int, valid
-    ) -> torch.Tensor:
-        """The batch's patch SWD to the teacher's decodes (0 without --swd_loss_weight), on the readable images.
-        With fresh noise the student decodes the same latents again from ε drawn from `fresh_seed`: the term
-        needs no teacher decode of that noise, so the student meets new noise every step."""
-        keep = slice(None) if valid is None else valid.bool()
-        if not self.swd_loss_weight or (valid is not None and not keep.any()):
-            return sample.new_zeros(())
-        if self.swd_noise == "fresh":
-            generator = torch.Generator(device=latents.device).manual_seed(fresh_seed)
-            sample = self.student.decode(latents, generator=generator, num_inference_steps=self.student_steps).sample
-        directions = torch.Generator().manual_seed(fresh_seed)  # CPU: the same directions on every device
-        return patch_sliced_wasserstein_loss(sample[keep], targets[keep], generator=directions)
-
-
-def noise_generators(noise_seed: int | list[int], device) -> torch.Generator | list[torch.Generator]:
-    """One generator for the batch's ε, or one per image (`--cache_teacher_targets`: ε fixed per image)."""
-    if isinstance(noise_seed, int):
-        return torch.Generator(device=device).manual_seed(noise_seed)
-    return [torch.Generator(device=device).manual_seed(seed) for seed in noise_seed]
-
-
-@torch.no_grad()
-def teacher_targets(
-    teacher: AutoencoderDiTo, images: torch.Tensor, noise_seed: int | list[int], steps: int, accelerator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = E(x) and the teacher's `steps`-step decode of (z, ε), with ε drawn from `noise_seed` (one per image when
-    a list)."""
-    generator = noise_generators(noise_seed, images.device)
-    with accelerator.autocast():
-        latents = teacher.encode(images).latents  # (B, C, h, w)
-        targets = teacher.decode(latents, generator=generator, num_inference_steps=steps).sample  # (B, 3, H, W)
-    return latents, targets
-
-
-class TeacherTargetCache:
-    """`--cache_teacher_targets`: each training image's (image, z, teacher decode), decoded the first time the image
-    is drawn, from ε fixed per image (seeded by (seed, index)), and reused in later epochs.
-
-    On a CPU the teacher's many-step decode costs about ten student steps, so with a small dataset (choose its size
-    with --max_train_samples) the student takes many more steps in the same time on a fixed set of (z, ε) pairs.
-    Resuming stays exact: a batch with any new image is decoded whole, so the teacher always decodes full batches,
-    and each image's decode does not depend on the others in its batch. Memory: three image-sized tensors per image.
-    """
-
-    NOISE_KEY = 0x7461726765  # keeps these seeds apart from the per-batch ones: seed_from(seed, NOISE_KEY, index)
-
-    def __init__(self, teacher: AutoencoderDiTo, steps: int, seed: int):
-        self.teacher, self.steps, self.seed = teacher, steps, seed
-        self.entries: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def noise_seeds(self, indices: list[int]) -> list[int]:
-        return [seed_from(self.seed, self.NOISE_KEY, index) for index in indices]
-
-    def lookup(self, batch: dict, accelerator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """The batch's images, latents and targets (each `(B, ...)`), and its per-image noise seeds."""
-        indices = batch["index"].tolist()
-        seeds = self.noise_seeds(indices)
-        if any(index not in self.entries for index in indices):
-            images = batch["pixel_values"]  # (B, 3, R, R)
-            latents, targets = teacher_targets(self.teacher, images, seeds, self.steps, accelerator)
-            for k, index in enumerate(indices):
-                self.entries.setdefault(index, (images[k], latents[k], targets[k]))
-        images, latents, targets = (torch.stack(column) for column in zip(*(self.entries[i] for i in indices)))
-        return images, latents, targets, seeds
-
-
-def build_student(args: argparse.Namespace) -> AutoencoderDiTo:
-    """A second copy of the teacher whose config decodes in --student_steps; only its decoder trains."""
-    student = load_component(AutoencoderDiTo, args.teacher_model_name_or_path, "vae", args.cache_dir)
-    student.register_to_config(num_inference_steps=args.student_steps)
-    student.requires_grad_(False)
-    student.decoder_unet.requires_grad_(True).train()
-    if args.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    return student
-
-
 # ---------------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def log_validation(student, teacher, images, args, accelerator, global_step: int, teacher_steps: int) -> float:
@@ -371,7 +228,6 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
     # ---- data (as train_dito.py)
     train_dataset, sampler, train_dataloader, validation_images = image_training_data(args, accelerator)
-    debug = install_debug_hooks(args, accelerator, train_dataloader)  # the tests' record and pauses, or None
 
     # ---- the frozen teacher and its student
     teacher = load_component(AutoencoderDiTo, args.teacher_model_name_or_path, "vae", args.cache_dir)
@@ -382,13 +238,15 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     if teacher_steps <= args.student_steps:
         raise ValueError(f"--teacher_steps {teacher_steps} must be more than --student_steps {args.student_steps}.")
     cache = TeacherTargetCache(teacher, teacher_steps, args.seed) if args.cache_teacher_targets else None
-    student = build_student(args).to(accelerator.device, memory_format=performance.memory_format(args))
+    student = build_student(
+        args.teacher_model_name_or_path, args.student_steps, args.cache_dir, args.gradient_checkpointing
+    ).to(accelerator.device, memory_format=performance.memory_format(args))
     # The EMA covers every weight: the frozen encoder's shadow is copied, not averaged, so it stays bit-identical.
     weights = list(student.parameters())
     trainable = [p for p in weights if p.requires_grad]  # the decoder's
     ema = create_ema(weights, student, args.ema_decay, lora=False, device=accelerator.device) if args.use_ema else None
 
-    optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
+    optimizer, lr_scheduler = create_optimizer(trainable, args, accelerator)
     objective = DistillationObjective(
         student, args.student_steps, args.data_loss_weight, args.loss_type, args.laplacian_levels,
         args.laplacian_fine_weight, args.swd_loss_weight, args.swd_noise,
@@ -397,99 +255,59 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
         objective, optimizer, train_dataloader, lr_scheduler
     )
     # Every checkpoint-N/ holds vae/ (the student) and vae_ema/ save_pretrained folders.
-    progress = register_checkpoint_hooks(accelerator, student, "vae", ema, weights, lora=False)
+    run = TrainingRun(accelerator, args, train_dataloader, student, ema, weights, name="vae", logged=LOSS_LOGS)
 
     # ---- schedule and resume
     dataset_size = None if args.streaming else len(train_dataset)
-    schedule = steps.make_schedule(train_dataloader, dataset_size, args, accelerator)
-    progress.run_signature = run_signature(args, accelerator.num_processes, dataset_size, student.config)
-    progress.run_signature.update(
+    signature = run_signature(args, accelerator.num_processes, dataset_size, student.config)
+    signature.update(
         teacher_steps=teacher_steps,
         data_loss_weight=args.data_loss_weight,
         cache_teacher_targets=cache is not None,
         loss=distillation_loss_name(args),
     )
-    resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
-           allow_changed=args.allow_changed_resume)  # fmt: skip
-
-    init_trackers(accelerator, args)
-    log_banner(
+    run.resume(dataset_size, signature)
+    run.start(
         "DiTo decoder distillation",
-        args,
-        accelerator,
         num_examples="streaming" if args.streaming else len(train_dataset),
-        num_epochs="until max_train_steps" if args.streaming else schedule.num_train_epochs,
-        max_train_steps=schedule.max_train_steps,
-        start_step=progress.global_step,
         parameters=f"teacher {args.teacher_model_name_or_path} at {teacher_steps} steps -> student at "
         f"{args.student_steps}; trained {sum(p.numel() for p in trainable) / 1e6:.2f}M (the decoder)",
     )
 
     # ---- train: the step, top to bottom
-    max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
-    stats = StepStatistics(accelerator.device, flag_names=list(LOSS_LOGS))
-    progress_bar = steps.progress_bar(schedule, progress, accelerator)
-    interrupted = False
     epoch_aware = [train_dataset] + ([sampler] if sampler is not None else [])
-    with RunGuard(accelerator, args, progress.nonfinite_streak) as guard:
-        for epoch, batch in steps.epoch_batches(accelerator, train_dataloader, epoch_aware, progress, schedule):
+    with run:  # SIGTERM, non-finite streaks and unreadable data: see TrainingRun
+        for epoch, batch in run.batches(epoch_aware):
             with accelerator.accumulate(objective):
                 if cache is None:
                     # ε of this (rank, epoch, batch), shared by the teacher's and the student's decode; so on resume.
-                    noise_seed = seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
+                    noise_seed = seed_from(args.seed, accelerator.process_index, epoch, run.batch_index)
                     images = batch["pixel_values"]  # (B, 3, R, R)
                     latents, targets = teacher_targets(teacher, images, noise_seed, teacher_steps, accelerator)
                 else:  # ε fixed per image, its target decoded once
                     images, latents, targets, noise_seed = cache.lookup(batch, accelerator)
                 # the --swd_noise fresh draws and the SWD's directions: a function of (rank, epoch, batch) too
-                fresh_seed = seed_from(
-                    args.seed, accelerator.process_index, epoch, progress.batches_in_epoch, FRESH_NOISE_KEY
-                )
+                fresh_seed = seed_from(args.seed, accelerator.process_index, epoch, run.batch_index, FRESH_NOISE_KEY)
                 out = objective(latents, targets, images, noise_seed, fresh_seed, batch["valid"])
-                loss = steps.masked_mean(out["per_sample_loss"], batch["valid"])  # unreadable images weigh nothing
+                loss = masked_mean(out["per_sample_loss"], batch["valid"])  # unreadable images weigh nothing
                 accelerator.backward(loss)
-                stats.add(out["per_sample_loss"], None, batch, **{name: out[name] for name in LOSS_LOGS})
-
+                run.stats.add(out["per_sample_loss"], None, batch, **{name: out[name] for name in LOSS_LOGS})
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
-                    totals = stats.reduce(accelerator)  # the same on every rank, so every rank decides alike
-                    skipped = steps.optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
-            progress.batches_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
+                    grad_norm = accelerator.clip_grad_norm_(trainable, run.max_grad_norm)
+                    run.optimizer_step(optimizer, lr_scheduler, grad_norm)  # skipped if the loss or norm is not finite
 
-            # ---- the end of an optimizer step
-            progress.count_step(totals, skipped)
-            if ema is not None and not skipped:  # a skipped step leaves the EMA alone too
-                ema.step(weights)
-            logs = steps.step_logs(stats, totals, LOSS_LOGS, progress, lr_scheduler, grad_norm, ema)
-            steps.log_step(accelerator, progress_bar, logs, progress.global_step)
-
-            # Checks that stop the run before this step's checkpoint, and a SIGTERM that stops it after.
-            interrupted = guard.after_step(progress, skipped, schedule.max_train_steps)
-            if progress.global_step % args.checkpointing_steps == 0 or interrupted:
-                save_checkpoint(
-                    accelerator, args.output_dir, args.checkpoints_total_limit, progress.global_step, student, ema,
-                    run_signature=progress.run_signature,
-                )  # fmt: skip
-            if interrupted:
-                logger.warning(f"SIGTERM: stopping after step {progress.global_step}, whose checkpoint is saved")
+            # After an optimizer step: EMA, logs, the run's checks and the checkpoint, in TrainingRun.
+            end = run.end_batch()
+            if end.validate and validation_images is not None:
+                with run.validation():  # the weights that will be saved
+                    log_validation(student, teacher, validation_images, args, accelerator, run.progress.global_step,
+                                   teacher_steps)  # fmt: skip
+            if end.stop:
                 break
-            if validation_images is not None and progress.global_step % args.validation_steps == 0:
-                with ema_weights(ema, weights):  # validate the weights that will be saved
-                    log_validation(
-                        student, teacher, validation_images, args, accelerator, progress.global_step, teacher_steps
-                    )
 
-            stats.reset()
-            if progress.global_step >= schedule.max_train_steps:
-                break
-    progress_bar.close()
-
-    steps.finish_training(
-        accelerator, args, progress, interrupted, student, ema, weights,
-        lambda: save_final_model(student, args, teacher_steps), debug,
-    )  # fmt: skip
+    if run.finish():  # on the main process, with the EMA weights swapped in for good
+        save_final_model(student, args, teacher_steps)
+    run.close()
     return student
 
 

@@ -25,7 +25,6 @@ import csv
 import importlib.util
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -44,11 +43,8 @@ from diffusers_dito import DiToPipeline
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.metrics import compute_metrics, psnr, ssim
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline, model_kind
-
-# Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training.arguments import positive_int  # noqa: E402
-from training.decode_sweep import (  # noqa: E402
+from diffusers_dito.training.arguments import positive_int
+from diffusers_dito.training.decode_sweep import (
     DEFAULT_SWEEP_STEPS,
     SAMPLERS,
     make_scheduler,
@@ -56,7 +52,7 @@ from training.decode_sweep import (  # noqa: E402
     sampler_nfe,
     summarise_point,
 )
-from training.evaluation import (  # noqa: E402
+from diffusers_dito.training.evaluation import (
     add_hub_arguments,
     add_shared_arguments,
     check_hub_arguments,

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -36,11 +35,8 @@ from diffusers_dito import DiToDiTPipeline
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.metrics import compute_generation_metrics
 from diffusers_dito.pipelines.loading import load_pipeline, model_kind
-
-# Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training.arguments import positive_int  # noqa: E402
-from training.evaluation import (  # noqa: E402
+from diffusers_dito.training.arguments import positive_int
+from diffusers_dito.training.evaluation import (
     add_shared_arguments,
     check_num_processes,
     image_grid,

@@ -6,7 +6,7 @@ Adapted from diffusers `examples/unconditional_image_generation/train_unconditio
 hooks that write `save_pretrained` folders into every `checkpoint-N/`, EMA around validation). The exact-resume scheme
 follows NVlabs/edm2 `training/training_loop.py`: progress is a small saved state, and every random stream (data order,
 augmentation, the loss's noise) is reseeded from (seed, position) instead of carried along. The code shared with the
-other training scripts lives in the `training` package (see training/__init__.py).
+other training scripts is the `diffusers_dito.training` library.
 
     accelerate launch training/train_dito.py --train_data_dir ./images --model_preset dito-b-f8c4 \
         --resolution 256 --train_batch_size 16 --output_dir dito-b
@@ -16,44 +16,24 @@ docs/training.md lists every flag and the resume, LoRA, multi-GPU and multi-node
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
 
-from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput, dito_flow_matching_loss
+from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput
 from diffusers_dito.cli import OneLineArgumentParser, finite_float  # one-line usage errors, exit code 2
 from diffusers_dito.metrics import LPIPS_BACKBONE_ENV, MissingWeightsError, load_lpips, lpips_backbone_file
 from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES
-
-# Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from training import arguments, performance, steps
-from training.checkpointing import (
-    ema_weights,
-    load_component,
-    register_checkpoint_hooks,
-    resume,
-    run_signature,
-    save_checkpoint,
-    save_lora_adapter,
-    setup_trained_weights,
-)
-from training.data import image_training_data, seed_from
-from training.debug import install_debug_hooks
-from training.logging_utils import (
-    StepStatistics,
-    create_accelerator,
-    init_trackers,
-    log_banner,
-    save_validation_grid,
-    to_uint8,
-)
-from training.performance import add_performance_arguments
-from training.reliability import RunGuard, lock_output_dir, run_script
+from diffusers_dito.training import arguments, performance
+from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
+from diffusers_dito.training.checkpoints import load_component, run_signature
+from diffusers_dito.training.data import image_training_data, seed_from
+from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
+from diffusers_dito.training.objectives import DiToTrainingObjective
+from diffusers_dito.training.reliability import lock_output_dir, run_script
+from diffusers_dito.training.trained_weights import save_lora_adapter, setup_trained_weights
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -145,7 +125,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         target_modules="conv1,conv2,time_emb_proj",
         target_help="Comma-separated module names inside vae.decoder_unet.",
     )
-    add_performance_arguments(parser)
+    performance.add_performance_arguments(parser)
     arguments.add_debug_arguments(parser)
 
     args = parser.parse_args(input_args)
@@ -189,35 +169,6 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 
 
 # ----------------------------------------------------------------------------------------------------------- model
-class DiToTrainingObjective(torch.nn.Module):
-    """`dito_flow_matching_loss` as a module's forward: DistributedDataParallel syncs gradients only for computations
-    run through the wrapped module's `forward`, and the loss calls `vae.encode`/`vae.predict_velocity` directly."""
-
-    def __init__(
-        self,
-        vae: AutoencoderDiTo,
-        noise_sync_prob: float,
-        lpips_model=None,
-        lpips_weight: float = 0.0,
-        memory_format: torch.memory_format = torch.contiguous_format,
-    ):
-        super().__init__()
-        self.vae, self.noise_sync_prob = vae, noise_sync_prob
-        self.lpips_model, self.lpips_weight = lpips_model, lpips_weight  # frozen: not in the optimizer or checkpoints
-        self.memory_format = memory_format  # of each batch, the same as the weights' (--channels_last)
-
-    def forward(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        out = dito_flow_matching_loss(
-            self.vae,
-            images.contiguous(memory_format=self.memory_format),
-            noise_sync_prob=self.noise_sync_prob,
-            generator=generator,
-            lpips_model=self.lpips_model,
-            lpips_weight=self.lpips_weight,
-        )
-        return dict(out)  # a plain dict survives accelerate's fp32 output conversion; rebuilt by the caller
-
-
 def build_vae(args: argparse.Namespace) -> AutoencoderDiTo:
     if args.pretrained_model_name_or_path is not None:
         return load_component(AutoencoderDiTo, args.pretrained_model_name_or_path, "vae", args.cache_dir)
@@ -262,7 +213,6 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
     # ---- data
     train_dataset, sampler, train_dataloader, validation_images = image_training_data(args, accelerator)
-    debug = install_debug_hooks(args, accelerator, train_dataloader)  # the tests' record and pauses, or None
 
     # ---- model
     vae = build_vae(args).train()  # from_pretrained returns eval mode
@@ -272,7 +222,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
         vae, args, accelerator.device, accelerator.mixed_precision, lora_target_regex(args.lora_target_modules)
     )
 
-    optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
+    optimizer, lr_scheduler = create_optimizer(trainable, args, accelerator)
     lpips_model = load_lpips(args.lpips_backbone, args.lpips_net) if args.lpips_weight > 0 else None
     objective = DiToTrainingObjective(
         vae, args.noise_sync_prob, lpips_model, args.lpips_weight, performance.memory_format(args)
@@ -281,26 +231,17 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
         objective, optimizer, train_dataloader, lr_scheduler
     )
     # Every checkpoint-N/ holds vae/ and vae_ema/ save_pretrained folders (vae_lora/, vae_lora_ema/ with LoRA).
-    progress = register_checkpoint_hooks(accelerator, vae, "vae", ema, trainable, lora=args.lora_rank > 0)
+    logged = FLAG_LOGS | (LPIPS_LOGS if args.lpips_weight > 0 else {})
+    run = TrainingRun(accelerator, args, train_dataloader, vae, ema, trainable, name="vae", logged=logged)
 
     # ---- schedule and resume
     dataset_size = None if args.streaming else len(train_dataset)
-    schedule = steps.make_schedule(train_dataloader, dataset_size, args, accelerator)
-    progress.run_signature = run_signature(args, accelerator.num_processes, dataset_size, vae.config)
-    resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
-           allow_changed=args.allow_changed_resume)  # fmt: skip
-
-    init_trackers(accelerator, args)
+    run.resume(dataset_size, run_signature(args, accelerator.num_processes, dataset_size, vae.config))
     encoder_params = sum(p.numel() for p in vae.encoder.parameters())
     decoder_params = sum(p.numel() for p in vae.decoder_unet.parameters())
-    log_banner(
+    run.start(
         "DiTo training",
-        args,
-        accelerator,
         num_examples="streaming" if args.streaming else len(train_dataset),
-        num_epochs="until max_train_steps" if args.streaming else schedule.num_train_epochs,
-        max_train_steps=schedule.max_train_steps,
-        start_step=progress.global_step,
         parameters=f"encoder {encoder_params / 1e6:.2f}M, decoder {decoder_params / 1e6:.2f}M, "
         f"trained {sum(p.numel() for p in trainable) / 1e6:.3f}M"
         + (f" (LoRA rank {args.lora_rank} on the decoder)" if args.lora_rank > 0 else ""),
@@ -308,60 +249,31 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
     # ---- train: the step, top to bottom
     generator = torch.Generator(device=accelerator.device)  # the loss's noise and times, reseeded every micro-batch
-    max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
-    logged = FLAG_LOGS | (LPIPS_LOGS if args.lpips_weight > 0 else {})
-    stats = StepStatistics(accelerator.device, flag_names=list(logged))
-    progress_bar = steps.progress_bar(schedule, progress, accelerator)
-    interrupted = False
     epoch_aware = [train_dataset] + ([sampler] if sampler is not None else [])
-    with RunGuard(accelerator, args, progress.nonfinite_streak) as guard:
-        for epoch, batch in steps.epoch_batches(accelerator, train_dataloader, epoch_aware, progress, schedule):
+    with run:  # SIGTERM, non-finite streaks and unreadable data: see TrainingRun
+        for epoch, batch in run.batches(epoch_aware):
             with accelerator.accumulate(objective):
                 # A fresh random stream per (rank, epoch, batch): restored exactly on resume.
-                seed = seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
-                generator.manual_seed(seed)
+                generator.manual_seed(seed_from(args.seed, accelerator.process_index, epoch, run.batch_index))
                 out = DiToLossOutput(**objective(batch["pixel_values"], generator))
-                loss = steps.masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
+                loss = masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
                 accelerator.backward(loss)
-                stats.add(out.per_sample_loss, out.t, batch, **{name: out[name] for name in logged})
-
+                run.stats.add(out.per_sample_loss, out.t, batch, **{name: out[name] for name in logged})
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
-                    totals = stats.reduce(accelerator)  # the same on every rank, so every rank decides alike
-                    skipped = steps.optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
-            progress.batches_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
+                    grad_norm = accelerator.clip_grad_norm_(trainable, run.max_grad_norm)
+                    run.optimizer_step(optimizer, lr_scheduler, grad_norm)  # skipped if the loss or norm is not finite
 
-            # ---- the end of an optimizer step
-            progress.count_step(totals, skipped)
-            if ema is not None and not skipped:  # a skipped step leaves the EMA alone too
-                ema.step(trainable)
-            logs = steps.step_logs(stats, totals, logged, progress, lr_scheduler, grad_norm, ema)
-            steps.log_step(accelerator, progress_bar, logs, progress.global_step)
-
-            # Checks that stop the run before this step's checkpoint, and a SIGTERM that stops it after.
-            interrupted = guard.after_step(progress, skipped, schedule.max_train_steps)
-            if progress.global_step % args.checkpointing_steps == 0 or interrupted:
-                save_checkpoint(
-                    accelerator, args.output_dir, args.checkpoints_total_limit, progress.global_step, vae, ema,
-                    run_signature=progress.run_signature,
-                )  # fmt: skip
-            if interrupted:
-                logger.warning(f"SIGTERM: stopping after step {progress.global_step}, whose checkpoint is saved")
+            # After an optimizer step: EMA, logs, the run's checks and the checkpoint, in TrainingRun.
+            end = run.end_batch()
+            if end.validate and validation_images is not None:
+                with run.validation():  # the weights that will be saved
+                    log_validation(vae, validation_images, args, accelerator, run.progress.global_step)
+            if end.stop:
                 break
-            if validation_images is not None and progress.global_step % args.validation_steps == 0:
-                with ema_weights(ema, trainable):  # validate the weights that will be saved
-                    log_validation(vae, validation_images, args, accelerator, progress.global_step)
 
-            stats.reset()
-            if progress.global_step >= schedule.max_train_steps:
-                break
-    progress_bar.close()
-
-    steps.finish_training(
-        accelerator, args, progress, interrupted, vae, ema, trainable, lambda: save_final_model(vae, args), debug
-    )
+    if run.finish():  # on the main process, with the EMA weights swapped in for good
+        save_final_model(vae, args)
+    run.close()
     return vae
 
 

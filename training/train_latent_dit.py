@@ -7,7 +7,7 @@ timestep t·1000 (`diffusers_dito.latent_flow_matching_loss`), so that `DiToDiTP
 `FlowMatchEulerDiscreteScheduler` sample it. Class labels are dropped to the null class for classifier-free guidance.
 Training from scratch follows facebookresearch/DiT `train.py` (DiT init, AdamW at 1e-4 without weight decay, EMA
 0.9999, centre crops and flips); checkpoints, exact resume, logging and the multi-process set-up are the ones of
-train_dito.py, shared through the `training` package.
+train_dito.py, shared through the `diffusers_dito.training` library.
 
     accelerate launch training/train_latent_dit.py --vae_model_name_or_path dito-b --train_data_dir ./imagenet \
         --dit_preset dit-xl-2 --resolution 256 --cache_latents ./imagenet-latents --output_dir dito-dit-xl
@@ -16,7 +16,6 @@ docs/training.md lists every flag, the latent cache, LoRA and the multi-GPU comm
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -32,22 +31,10 @@ from diffusers_dito import (
     latent_flow_matching_loss,
 )
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
-
-# Run as a file, this script has training/ on sys.path, not the repository root: add the root for `training.*`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from training import arguments, latent_cache, steps
-from training.checkpointing import (
-    ema_weights,
-    load_component,
-    register_checkpoint_hooks,
-    resume,
-    run_signature,
-    save_checkpoint,
-    save_lora_adapter,
-    setup_trained_weights,
-)
-from training.data import (
+from diffusers_dito.training import arguments, latent_cache, performance
+from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
+from diffusers_dito.training.checkpoints import load_component, run_signature
+from diffusers_dito.training.data import (
     EpochShuffleSampler,
     ImageDataset,
     class_names,
@@ -55,17 +42,9 @@ from training.data import (
     seed_from,
     training_dataloader,
 )
-from training.debug import install_debug_hooks
-from training.logging_utils import (
-    StepStatistics,
-    create_accelerator,
-    init_trackers,
-    log_banner,
-    save_validation_grid,
-    to_uint8,
-)
-from training.performance import add_performance_arguments
-from training.reliability import RunGuard, lock_output_dir, run_script
+from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
+from diffusers_dito.training.reliability import lock_output_dir, run_script
+from diffusers_dito.training.trained_weights import save_lora_adapter, setup_trained_weights
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -138,7 +117,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         target_modules="to_q,to_k,to_v,to_out.0",
         target_help="Comma-separated module names inside the transformer blocks.",
     )
-    add_performance_arguments(parser)
+    performance.add_performance_arguments(parser)
     arguments.add_debug_arguments(parser)
 
     args = parser.parse_args(input_args)
@@ -315,7 +294,6 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
         key, shape = "pixel_values", (3, args.resolution, args.resolution)
     sampler = EpochShuffleSampler(len(train_dataset), args.seed)
     train_dataloader = training_dataloader(train_dataset, sampler, args, key=key, shape=shape)
-    debug = install_debug_hooks(args, accelerator, train_dataloader)  # the tests' record and pauses, or None
 
     # ---- the transformer
     transformer = build_transformer(args, vae, len(names))
@@ -324,29 +302,22 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
     )
     lora = args.lora_rank > 0
 
-    optimizer, lr_scheduler = steps.create_optimizer(trainable, args, accelerator)
+    optimizer, lr_scheduler = create_optimizer(trainable, args, accelerator)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         transformer, optimizer, train_dataloader, lr_scheduler
     )
     # Every checkpoint-N/ holds transformer/ and transformer_ema/ (transformer_lora/, transformer_lora_ema/ with LoRA).
-    progress = register_checkpoint_hooks(accelerator, transformer, "transformer", ema, trainable, lora)
+    run = TrainingRun(
+        accelerator, args, train_dataloader, transformer, ema, trainable, name="transformer", logged=FLAG_LOGS
+    )
 
     # ---- schedule and resume
-    schedule = steps.make_schedule(train_dataloader, len(train_dataset), args, accelerator)
-    progress.run_signature = run_signature(args, accelerator.num_processes, len(train_dataset), transformer.config)
-    resume(accelerator, args.resume_from_checkpoint, args.output_dir, progress, ema, schedule.batches_per_epoch,
-           allow_changed=args.allow_changed_resume)  # fmt: skip
-
-    init_trackers(accelerator, args)
-    log_banner(
+    dataset_size = len(train_dataset)
+    run.resume(dataset_size, run_signature(args, accelerator.num_processes, dataset_size, transformer.config))
+    run.start(
         "latent DiT training",
-        args,
-        accelerator,
-        num_examples=f"{len(train_dataset)} in {len(names)} classes, "
+        num_examples=f"{dataset_size} in {len(names)} classes, "
         + (f"latents cached in {args.cache_latents}" if args.cache_latents else "encoded on the fly"),
-        num_epochs=schedule.num_train_epochs,
-        max_train_steps=schedule.max_train_steps,
-        start_step=progress.global_step,
         parameters=f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M, "
         f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M (frozen), "
         f"trained {sum(p.numel() for p in trainable) / 1e6:.3f}M" + (f" (LoRA rank {args.lora_rank})" if lora else ""),
@@ -354,63 +325,33 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
 
     # ---- train: the step, top to bottom
     generator = torch.Generator(device=accelerator.device)  # noise, times and label drops, reseeded every micro-batch
-    max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
-    stats = StepStatistics(accelerator.device, flag_names=list(FLAG_LOGS))
-    progress_bar = steps.progress_bar(schedule, progress, accelerator)
-    interrupted = False
-    epoch_aware = [train_dataset, sampler]
-    with RunGuard(accelerator, args, progress.nonfinite_streak) as guard:
-        for epoch, batch in steps.epoch_batches(accelerator, train_dataloader, epoch_aware, progress, schedule):
+    with run:  # SIGTERM, non-finite streaks and unreadable data: see TrainingRun
+        for epoch, batch in run.batches([train_dataset, sampler]):
             with accelerator.accumulate(model):
                 # A fresh random stream per (rank, epoch, batch): restored exactly on resume.
-                seed = seed_from(args.seed, accelerator.process_index, epoch, progress.batches_in_epoch)
-                generator.manual_seed(seed)
+                generator.manual_seed(seed_from(args.seed, accelerator.process_index, epoch, run.batch_index))
                 latents = training_latents(vae, batch, accelerator)  # (B, C, h, w)
                 out = latent_flow_matching_loss(
                     model, latents, batch["label"], len(names), args.class_dropout_prob, generator=generator
                 )
-                loss = steps.masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
+                loss = masked_mean(out.per_sample_loss, batch["valid"])  # unreadable images weigh nothing
                 accelerator.backward(loss)
-                stats.add(out.per_sample_loss, out.t, batch, dropped=out.dropped)
-
+                run.stats.add(out.per_sample_loss, out.t, batch, dropped=out.dropped)
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
-                    totals = stats.reduce(accelerator)  # the same on every rank, so every rank decides alike
-                    skipped = steps.optimizer_step(accelerator, optimizer, lr_scheduler, totals, grad_norm)
-            progress.batches_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
+                    grad_norm = accelerator.clip_grad_norm_(trainable, run.max_grad_norm)
+                    run.optimizer_step(optimizer, lr_scheduler, grad_norm)  # skipped if the loss or norm is not finite
 
-            # ---- the end of an optimizer step
-            progress.count_step(totals, skipped)
-            if ema is not None and not skipped:  # a skipped step leaves the EMA alone too
-                ema.step(trainable)
-            logs = steps.step_logs(stats, totals, FLAG_LOGS, progress, lr_scheduler, grad_norm, ema)
-            steps.log_step(accelerator, progress_bar, logs, progress.global_step)
-
-            # Checks that stop the run before this step's checkpoint, and a SIGTERM that stops it after.
-            interrupted = guard.after_step(progress, skipped, schedule.max_train_steps)
-            if progress.global_step % args.checkpointing_steps == 0 or interrupted:
-                save_checkpoint(
-                    accelerator, args.output_dir, args.checkpoints_total_limit, progress.global_step, transformer,
-                    ema, run_signature=progress.run_signature,
-                )  # fmt: skip
-            if interrupted:
-                logger.warning(f"SIGTERM: stopping after step {progress.global_step}, whose checkpoint is saved")
+            # After an optimizer step: EMA, logs, the run's checks and the checkpoint, in TrainingRun.
+            end = run.end_batch()
+            if end.validate and accelerator.is_main_process:
+                with run.validation():  # sample with the weights that will be saved
+                    log_validation(transformer, vae, names, args, accelerator, run.progress.global_step)
+            if end.stop:
                 break
-            if accelerator.is_main_process and progress.global_step % args.validation_steps == 0:
-                with ema_weights(ema, trainable):  # sample with the weights that will be saved
-                    log_validation(transformer, vae, names, args, accelerator, progress.global_step)
 
-            stats.reset()
-            if progress.global_step >= schedule.max_train_steps:
-                break
-    progress_bar.close()
-
-    steps.finish_training(
-        accelerator, args, progress, interrupted, transformer, ema, trainable,
-        lambda: save_final_model(transformer, vae, names, args), debug,
-    )  # fmt: skip
+    if run.finish():  # on the main process, with the EMA weights swapped in for good
+        save_final_model(transformer, vae, names, args)
+    run.close()
     return transformer
 
 

@@ -6,7 +6,8 @@ import datasets
 import numpy as np
 import PIL.Image
 import pytest
-from training.data import StreamingImageDataset, training_dataloader
+
+from diffusers_dito.training.data import StreamingImageDataset, training_dataloader
 
 
 def constant_images(count: int, size: int = 8) -> list[PIL.Image.Image]:

@@ -14,6 +14,7 @@ from test_train_dito import _free_port, read_dump, vae_weights
 
 from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from diffusers_dito.sample_data import split_crops
+from diffusers_dito.training import objectives
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "distill_dito.py"
@@ -160,7 +161,7 @@ def test_target_cache_decodes_each_image_once_from_its_own_noise(distill_dito, t
     teacher = AutoencoderDiTo.from_pretrained(teacher_dir / "vae")
     calls = []
     teacher.decoder_unet.register_forward_hook(lambda *_: calls.append(1))
-    cache = distill_dito.TeacherTargetCache(teacher, steps=2, seed=0)
+    cache = objectives.TeacherTargetCache(teacher, steps=2, seed=0)
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     batch = {"pixel_values": images[:2], "index": torch.tensor([5, 7])}
     first = cache.lookup(batch, Accelerator(cpu=True))
@@ -202,7 +203,7 @@ def test_loss_type_laplacian_is_the_band_weighted_distance_of_the_decodes(distil
             ("laplacian", laplacian_l2_loss(sample, targets, num_levels=2, fine_weight=8.0)),
             ("l2", (sample - targets).pow(2).mean(dim=(1, 2, 3))),
         ]:
-            objective = distill_dito.DistillationObjective(student, 1, 0.0, loss_type, 2, 8.0)
+            objective = objectives.DistillationObjective(student, 1, 0.0, loss_type, 2, 8.0)
             torch.testing.assert_close(objective(latents, targets, images, 5)["distill_loss"], expected)
 
 
@@ -219,7 +220,7 @@ def test_swd_term_scores_a_fresh_noise_decode_against_the_targets(distill_dito, 
         latents = student.encode(images).latents
         paired_sample, fresh_sample = decode(5), decode(9)
         for noise, sample in [("fresh", fresh_sample), ("paired", paired_sample)]:
-            objective = distill_dito.DistillationObjective(student, 1, 0.0, "l2", swd_loss_weight=2.0, swd_noise=noise)
+            objective = objectives.DistillationObjective(student, 1, 0.0, "l2", swd_loss_weight=2.0, swd_noise=noise)
             out = objective(latents, targets, images, 5, fresh_seed=9, valid=valid)
             swd = patch_sliced_wasserstein_loss(
                 sample[valid], targets[valid], generator=torch.Generator().manual_seed(9)
@@ -228,7 +229,7 @@ def test_swd_term_scores_a_fresh_noise_decode_against_the_targets(distill_dito, 
             torch.testing.assert_close(out["swd_loss"], swd.expand(3))
             torch.testing.assert_close(out["per_sample_loss"], out["distill_loss"] + 2.0 * swd)
         # weight 0: no second decode, and the term is zero
-        out = distill_dito.DistillationObjective(student, 1, 0.0, "l2")(latents, targets, images, 5, 9, valid)
+        out = objectives.DistillationObjective(student, 1, 0.0, "l2")(latents, targets, images, 5, 9, valid)
         assert torch.equal(out["per_sample_loss"], out["distill_loss"]) and not out["swd_loss"].any()
 
 

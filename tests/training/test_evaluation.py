@@ -4,7 +4,7 @@ import doctest
 
 import pytest
 
-from training import decode_sweep, evaluation
+from diffusers_dito.training import decode_sweep, evaluation
 
 
 @pytest.mark.parametrize("module", [evaluation, decode_sweep])

@@ -14,7 +14,7 @@ from test_train_dito import run_args, train_dito, vae_weights, write_images  # n
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo
-from training import performance
+from diffusers_dito.training import performance
 
 
 @pytest.fixture(scope="module")

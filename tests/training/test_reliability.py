@@ -32,7 +32,7 @@ from test_train_dito import SCRIPT, config_path, read_dump, run_args, train_dito
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo, DiToPipeline
-from training import checkpointing, data, reliability
+from diffusers_dito.training import checkpoints, data, objectives, reliability, trained_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def load_training_script(name: str):
 
 
 def checkpoint_steps(out: Path, complete: bool = True) -> list[int]:
-    return [checkpointing.checkpoint_step(p) for p in checkpointing.list_checkpoints(out, complete)]
+    return [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(out, complete)]
 
 
 def random_image(rng, height: int, width: int) -> PIL.Image.Image:
@@ -154,7 +154,7 @@ def test_a_streak_of_non_finite_steps_stops_the_run_without_touching_weights_or_
     train_dito, config_path, tmp_path, monkeypatch
 ):
     calls = []
-    original = train_dito.dito_flow_matching_loss
+    original = objectives.dito_flow_matching_loss
 
     def nan_from_third_call(vae, images, **kwargs):
         out = original(vae, images, **kwargs)
@@ -164,7 +164,7 @@ def test_a_streak_of_non_finite_steps_stops_the_run_without_touching_weights_or_
             return dataclasses.replace(out, loss=poisoned.mean(), per_sample_loss=poisoned)
         return out
 
-    monkeypatch.setattr(train_dito, "dito_flow_matching_loss", nan_from_third_call)
+    monkeypatch.setattr(objectives, "dito_flow_matching_loss", nan_from_third_call)
     out = tmp_path / "out"
     images = write_images(tmp_path / "images")
     args = run_args(
@@ -210,12 +210,12 @@ def test_a_kill_at_any_moment_of_a_save_leaves_complete_checkpoints(tmp_path, mo
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     vae, optimizer = accelerator.prepare(vae, optimizer)
     trainable = list(vae.parameters())
-    ema = checkpointing.create_ema(trainable, vae, 0.9, lora=False, device="cpu")
-    progress = checkpointing.register_checkpoint_hooks(accelerator, vae, "vae", ema, trainable, lora=False)
+    ema = trained_weights.create_ema(trainable, vae, 0.9, lora=False, device="cpu")
+    progress = checkpoints.register_checkpoint_hooks(accelerator, vae, "vae", ema, trainable, lora=False)
 
     def save(step: int) -> None:
         progress.global_step = step
-        checkpointing.save_checkpoint(accelerator, str(out), 2, step, vae, ema)
+        checkpoints.save_checkpoint(accelerator, str(out), 2, step, vae, ema)
 
     def latest() -> int:
         return checkpoint_steps(out)[-1]
@@ -224,7 +224,7 @@ def test_a_kill_at_any_moment_of_a_save_leaves_complete_checkpoints(tmp_path, mo
     new = str(out / ".tmp-checkpoint-3")
     moments = [  # (what dies, on which argument, a partial effect first): one save each, from its start to its end
         (accelerator, "save_state", lambda p: True, lambda p: (Path(p).mkdir(), (Path(p) / "optimizer.bin").touch())),
-        (checkpointing, "_fsync", lambda p: True, None),  # everything written, no marker yet
+        (checkpoints, "_fsync", lambda p: True, None),  # everything written, no marker yet
         (os, "rename", lambda p: p == new, None),  # complete, not yet renamed into place
         (shutil, "rmtree", lambda p: p.endswith("delete-checkpoint-1"), lambda p: (p / "optimizer.bin").unlink()),
     ]
@@ -242,17 +242,17 @@ def test_a_kill_at_any_moment_of_a_save_leaves_complete_checkpoints(tmp_path, mo
     assert latest() == 2
 
     shutil.copytree(out / "checkpoint-2", out / "checkpoint-9")  # a folder that lost its marker: never resumed
-    (out / "checkpoint-9" / checkpointing.COMPLETE_MARKER).unlink()
+    (out / "checkpoint-9" / checkpoints.COMPLETE_MARKER).unlink()
     assert list(out.glob(".tmp-*"))
     progress.global_step = 0
-    checkpointing.resume(accelerator, "latest", str(out), progress, ema, None)  # clears .tmp-*, loads checkpoint-2
+    checkpoints.resume(accelerator, "latest", str(out), progress, ema, None)  # clears .tmp-*, loads checkpoint-2
     assert not list(out.glob(".tmp-*")) and progress.global_step == 2
 
     # Non-finite weights are refused before anything is written, be they the model's or the EMA's.
     for poisoned in (next(vae.parameters()), ema.shadow_params[0]):
         value = poisoned.data.flatten()[0].item()
         poisoned.data.flatten()[0] = float("nan")
-        with pytest.raises(checkpointing.NonFiniteWeightsError, match="Refusing to save checkpoint-4"):
+        with pytest.raises(checkpoints.NonFiniteWeightsError, match="Refusing to save checkpoint-4"):
             save(4)
         poisoned.data.flatten()[0] = value
     assert not (out / "checkpoint-4").exists() and not list(out.glob(".tmp-*"))

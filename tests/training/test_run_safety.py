@@ -18,7 +18,7 @@ from script_helpers import (  # noqa: F401 (autouse fixtures, active by being in
 from test_train_dito import SCRIPT, config_path, image_dir, run_args, train_dito, write_images  # noqa: F401
 
 from conftest import tiny_dito_config
-from training import checkpointing, reliability
+from diffusers_dito.training import checkpoints, reliability
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def run_with_backup(train_dito, image_dir, config_path, tmp_path_factory):
 
 
 def test_only_exact_checkpoint_names_are_checkpoints(run_with_backup):
-    assert [p.name for p in checkpointing.list_checkpoints(run_with_backup)] == ["checkpoint-2"]
+    assert [p.name for p in checkpoints.list_checkpoints(run_with_backup)] == ["checkpoint-2"]
 
 
 def test_resume_latest_never_uses_or_deletes_a_users_copy(train_dito, run_with_backup, image_dir, config_path):
@@ -51,12 +51,12 @@ def test_a_resume_with_another_batch_size_stops_with_the_differences(train_dito,
     args = ["--max_train_steps", "2", "--checkpointing_steps", "2"]
     train_dito.main(run_args(train_dito, out, image_dir, config_path, *args))
     changed = [*args[:1], "4", *args[2:], "--resume_from_checkpoint", "latest", "--train_batch_size", "4"]
-    with pytest.raises(checkpointing.ResumeMismatchError, match="train_batch_size: 2 -> 4") as error:
+    with pytest.raises(checkpoints.ResumeMismatchError, match="train_batch_size: 2 -> 4") as error:
         train_dito.main(run_args(train_dito, out, image_dir, config_path, *changed))
     assert "--allow_changed_resume" in str(error.value) and "\n" not in str(error.value)
     train_dito.main(run_args(train_dito, out, image_dir, config_path, *changed, "--allow_changed_resume"))
-    assert [p.name for p in checkpointing.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]  # resumed at 2
-    marker = json.loads((out / "checkpoint-4" / checkpointing.COMPLETE_MARKER).read_text())
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]  # resumed at 2
+    marker = json.loads((out / "checkpoint-4" / checkpoints.COMPLETE_MARKER).read_text())
     assert marker["run_signature"]["train_batch_size"] == 4  # the new settings are what this checkpoint records
 
 
@@ -68,7 +68,7 @@ def test_a_resume_into_another_model_config_is_refused_even_when_allowed(train_d
     other = tmp_path / "other.json"
     other.write_text(json.dumps(tiny_dito_config(decoder_layers_per_block=2)))
     args = ["--max_train_steps", "4", "--resume_from_checkpoint", "latest", "--allow_changed_resume"]
-    with pytest.raises(checkpointing.ResumeMismatchError, match="another model config"):
+    with pytest.raises(checkpoints.ResumeMismatchError, match="another model config"):
         train_dito.main(run_args(train_dito, out, image_dir, other, *args))
 
 

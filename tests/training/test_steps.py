@@ -6,9 +6,10 @@ import math
 import torch
 from accelerate import Accelerator
 from script_helpers import fresh_accelerate_state  # noqa: F401 (autouse fixture)
-from training.debug import DebugRecorder, install_debug_hooks
-from training.logging_utils import NUM_T_BUCKETS, StepStatistics
-from training.steps import masked_mean, optimizer_step
+
+from diffusers_dito.training.accelerator import NUM_T_BUCKETS, StepStatistics
+from diffusers_dito.training.loop import masked_mean, optimizer_step
+from diffusers_dito.training.testing import DebugRecorder, install_test_hooks
 
 
 def batch(valid: list[bool], too_small: list[bool]) -> dict:
@@ -72,11 +73,11 @@ def test_debug_hooks_attach_only_with_the_hidden_flags(tmp_path):
     loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2)
     collate = loader.collate_fn
     args = argparse.Namespace(debug_dump_dir=None, debug_pause_at=None, output_dir=str(tmp_path))
-    assert install_debug_hooks(args, accelerator, loader) is None
+    assert install_test_hooks(args, accelerator, loader) is None
     assert loader.collate_fn is collate and accelerator.log_with == []
 
     args.debug_dump_dir = str(tmp_path / "dump")
-    recorder = install_debug_hooks(args, accelerator, loader)
+    recorder = install_test_hooks(args, accelerator, loader)
     assert isinstance(recorder, DebugRecorder) and accelerator.log_with == [recorder]
     recorder.log({"loss": 1.0, "images": 4, "noise_sync_fraction": 0.5}, step=1)
     recorder.log({"loss": 1.0, "images": 2, "noise_sync_fraction": 1.0}, step=2)

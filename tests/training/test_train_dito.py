@@ -16,6 +16,7 @@ from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, 
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo
+from diffusers_dito.training import objectives
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "train_dito.py"
@@ -239,13 +240,13 @@ def test_lora_trains_only_adapters_and_reloads(train_dito, image_dir, config_pat
 @pytest.mark.parametrize("noise_sync_prob", [0.0, 1.0])
 def test_noise_sync_prob_reaches_the_loss(train_dito, image_dir, config_path, tmp_path, monkeypatch, noise_sync_prob):
     seen = []
-    original = train_dito.dito_flow_matching_loss
+    original = objectives.dito_flow_matching_loss
 
     def spy(vae, images, noise_sync_prob=0.0, **kwargs):
         seen.append(noise_sync_prob)
         return original(vae, images, noise_sync_prob=noise_sync_prob, **kwargs)
 
-    monkeypatch.setattr(train_dito, "dito_flow_matching_loss", spy)
+    monkeypatch.setattr(objectives, "dito_flow_matching_loss", spy)
     args = run_args(
         train_dito, tmp_path / "out", image_dir, config_path, "--max_train_steps", "2",
         "--noise_sync_prob", str(noise_sync_prob), "--debug_dump_dir", str(tmp_path / "dump"),
@@ -259,7 +260,7 @@ def test_non_finite_loss_skips_the_step_and_corrupt_images_are_skipped(train_dit
     images = write_images(tmp_path / "images", count=7)
     (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     calls = []
-    original = train_dito.dito_flow_matching_loss
+    original = objectives.dito_flow_matching_loss
 
     def nan_on_second_call(vae, images, **kwargs):
         out = original(vae, images, **kwargs)
@@ -269,7 +270,7 @@ def test_non_finite_loss_skips_the_step_and_corrupt_images_are_skipped(train_dit
             return dataclasses.replace(out, loss=poisoned.mean(), per_sample_loss=poisoned)
         return out
 
-    monkeypatch.setattr(train_dito, "dito_flow_matching_loss", nan_on_second_call)
+    monkeypatch.setattr(objectives, "dito_flow_matching_loss", nan_on_second_call)
     out = tmp_path / "out"
     args = run_args(
         train_dito, out, images, config_path, "--max_train_steps", "4", "--checkpointing_steps", "1",

@@ -2,8 +2,8 @@
 """Test-only instrumentation of a training run, kept out of the training step.
 
 The hidden flags `--debug_dump_dir` and `--debug_pause_at` let the tests see what a run did and stop it at a known
-point. Nothing here is called from the step itself: `install_debug_hooks` attaches it through the mechanisms a run
-already has, and without the flags it attaches nothing.
+point. Its one entry point is `install_test_hooks`, which `TrainingRun` calls when it is built: it attaches the
+recorder through the mechanisms a run already has, and without the flags it attaches nothing. Not for real runs.
 
 - an accelerate tracker (`DebugRecorder`, main process) receives every step's logs: it records the resident memory
   (the soak benchmark) and the per-sample flag fractions, and pauses at `step-K`;
@@ -17,14 +17,27 @@ import argparse
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 
-from .checkpointing import TMP_PREFIX, weights_digest
-from .reliability import debug_pause, resident_memory_bytes
+from .checkpoints import TMP_PREFIX
+from .reliability import StopRequest, resident_memory_bytes
+from .trained_weights import weights_digest
+
+
+def debug_pause(event: str, pause_at: str | None, output_dir: str) -> None:
+    """With the hidden --debug_pause_at `event`: touch output_dir/.debug-paused-<event>, then wait for SIGTERM (at
+    most 10 minutes). The kill tests use it to signal the run at a known point instead of racing it."""
+    if pause_at != event:
+        return
+    Path(output_dir, f".debug-paused-{event}").touch()
+    deadline = time.monotonic() + 600
+    while not (StopRequest.active is not None and StopRequest.active.requested) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 class DebugRecorder(GeneralTracker):
@@ -98,17 +111,20 @@ class DebugRecorder(GeneralTracker):
             json.dump(dump, f)
 
 
-def install_debug_hooks(
+def install_test_hooks(
     args: argparse.Namespace, accelerator: Accelerator, train_dataloader: torch.utils.data.DataLoader
 ) -> DebugRecorder | None:
     """With --debug_dump_dir or --debug_pause_at: attach a `DebugRecorder` to the accelerator (before
-    `init_trackers`) and to the data loader (before `accelerator.prepare`). Returns it, or None without the flags."""
+    `init_trackers`; its save-state hook before the checkpoint hooks) and to the data loader's collate function
+    (accelerate's `skip_first_batches` copies it). Returns it, or None without the flags."""
     if args.debug_dump_dir is None and args.debug_pause_at is None:
         return None
     if args.debug_dump_dir is not None and train_dataloader.num_workers > 0:
         raise ValueError("--debug_dump_dir records the samples in the main process: use --dataloader_num_workers 0.")
     recorder = DebugRecorder(args)
     accelerator.log_with.append(recorder)
-    train_dataloader.collate_fn = recorder.collate(train_dataloader.collate_fn)
+    # A prepared loader wraps a torch DataLoader (accelerate's `base_dataloader`), which makes the batches.
+    loader = getattr(train_dataloader, "base_dataloader", train_dataloader)
+    loader.collate_fn = recorder.collate(loader.collate_fn)
     accelerator.register_save_state_pre_hook(recorder.pause_in_save)
     return recorder

@@ -12,14 +12,13 @@ import signal
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from .checkpointing import NonFiniteWeightsError, list_checkpoints
+from .checkpoints import NonFiniteWeightsError, ResumeMismatchError, list_checkpoints
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -120,8 +119,6 @@ def _release_lock(path: Path, pid: int) -> None:
 
 def run_script(main, args, prog: str) -> int:
     """Run a training script's `main(args)`; a `RunError` (or a resume mismatch) ends as one line, exit code 2."""
-    from .checkpointing import ResumeMismatchError
-
     try:
         main(args)
     except (RunError, ResumeMismatchError) as err:
@@ -168,17 +165,6 @@ class StopRequest:
             return self.requested
         flag = torch.tensor([float(self.requested)], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-
-
-def debug_pause(event: str, pause_at: str | None, output_dir: str) -> None:
-    """With the hidden --debug_pause_at `event`: touch output_dir/.debug-paused-<event>, then wait for SIGTERM (at
-    most 10 minutes). The kill tests use it to signal the run at a known point instead of racing it."""
-    if pause_at != event:
-        return
-    Path(output_dir, f".debug-paused-{event}").touch()
-    deadline = time.monotonic() + 600
-    while not (StopRequest.active is not None and StopRequest.active.requested) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 class NonFiniteStreak:

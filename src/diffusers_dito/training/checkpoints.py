@@ -1,5 +1,5 @@
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
-"""Checkpoints that hold `save_pretrained` folders, exact resume, and the EMA and LoRA state of a trained model.
+"""Checkpoints that hold `save_pretrained` folders, and exact resume from them.
 
 Adapted from diffusers `examples/unconditional_image_generation/train_unconditional.py` (accelerate save/load hooks,
 `--checkpoints_total_limit`, `--resume_from_checkpoint latest`). Every `checkpoint-N/` holds, for a model saved as
@@ -17,8 +17,6 @@ checkpoint-N, and only then are old checkpoints removed (renamed to .tmp-delete-
 moment leaves the previous checkpoints complete; `.tmp-*` leftovers are removed when the next run starts.
 """
 
-import contextlib
-import hashlib
 import json
 import os
 import re
@@ -26,19 +24,15 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from diffusers.training_utils import EMAModel, cast_training_params
-from peft import LoraConfig
-from peft.utils import set_peft_model_state_dict
+from diffusers.training_utils import EMAModel
 
-from .performance import memory_format
+from .trained_weights import ema_weights, load_ema_folder, load_lora_state
 
 logger = get_logger(__name__, log_level="INFO")
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_adapter writes
 COMPLETE_MARKER = "checkpoint_complete.json"
 TMP_PREFIX = ".tmp-"  # checkpoints being written or deleted; never `checkpoint-*`, so never resumed from
 # Only exactly `checkpoint-<step>` is a checkpoint: a user's `checkpoint-2-backup` is never resumed from or deleted.
@@ -325,94 +319,3 @@ def load_component(model_cls: type, path: str, component: str, cache_dir: str | 
     """A model saved alone (`save_pretrained`) or as the `component` subfolder of a pipeline folder."""
     subfolder = component if os.path.isdir(os.path.join(path, component)) else None
     return model_cls.from_pretrained(path, subfolder=subfolder, cache_dir=cache_dir)
-
-
-# --------------------------------------------------------------------------------------------------- EMA and LoRA
-def create_ema(
-    trainable: list[torch.nn.Parameter], model: torch.nn.Module, decay: float, lora: bool, device
-) -> EMAModel:
-    """diffusers' EMA of `trainable`; of a whole model it can `save_pretrained` (a LoRA adapter has no model class)."""
-    model_args = {} if lora else {"model_cls": type(model), "model_config": model.config}
-    ema = EMAModel(trainable, decay=decay, **model_args)
-    ema.to(device)
-    return ema
-
-
-@contextlib.contextmanager
-def ema_weights(ema: EMAModel | None, params: list[torch.nn.Parameter]):
-    """Swap the EMA weights into `params` for the duration of the block (no-op without EMA)."""
-    if ema is None:
-        yield
-        return
-    ema.store(params)
-    ema.copy_to(params)
-    try:
-        yield
-    finally:
-        ema.restore(params)
-
-
-def load_ema_folder(ema: EMAModel, folder: str, model_cls: type) -> None:
-    """Restore an EMA written by `EMAModel.save_pretrained`: weights in the model file, counters in its config."""
-    state = {k: v for k, v in model_cls.load_config(folder).items() if k in ema.state_dict()}
-    state["shadow_params"] = [p.detach() for p in model_cls.from_pretrained(folder).parameters()]
-    ema.load_state_dict(state)
-
-
-def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, target_regex: str) -> None:
-    """Freeze the model and inject peft LoRA adapters into the modules whose full name matches `target_regex`."""
-    model.requires_grad_(False)
-    model.add_adapter(
-        LoraConfig(
-            r=rank,
-            lora_alpha=alpha if alpha is not None else rank,
-            target_modules=target_regex,  # a regex string: peft full-matches module names
-            init_lora_weights=True,  # B = 0, so training starts from the pretrained model exactly
-        )
-    )
-
-
-def setup_trained_weights(
-    model: torch.nn.Module, args, device: torch.device, mixed_precision: str, lora_target_regex: str
-) -> tuple[list[torch.nn.Parameter], EMAModel | None]:
-    """LoRA adapters (with --lora_rank), gradient checkpointing and the device; returns the trained parameters and
-    their EMA (with --use_ema)."""
-    lora = args.lora_rank > 0
-    if lora:
-        add_lora(model, args.lora_rank, args.lora_alpha, lora_target_regex)
-    if args.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    model.to(device, memory_format=memory_format(args))  # --channels_last: NHWC conv weights
-    if lora:
-        cast_frozen_weights(model, mixed_precision)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    ema = create_ema(trainable, model, args.ema_decay, lora, device) if args.use_ema else None
-    return trainable, ema
-
-
-def cast_frozen_weights(model: torch.nn.Module, mixed_precision: str) -> None:
-    """With LoRA and fp16/bf16: frozen weights in half precision save memory; the adapters stay fp32 for Adam."""
-    if mixed_precision in ("fp16", "bf16"):
-        model.to(dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
-        cast_training_params(model, dtype=torch.float32)
-
-
-def load_lora_state(model: torch.nn.Module, folder: str) -> None:
-    state = safetensors.torch.load_file(os.path.join(folder, LORA_WEIGHT_NAME))
-    result = set_peft_model_state_dict(model, state, adapter_name="default")
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"{folder} holds LoRA weights this model has no slot for: {result.unexpected_keys[:4]}")
-
-
-def save_lora_adapter(model: torch.nn.Module, output_dir: str) -> None:
-    """The adapter weights alone, with their LoRA config in the file's metadata."""
-    model.save_lora_adapter(output_dir)
-    logger.info(f"Saved the LoRA adapter to {os.path.join(output_dir, LORA_WEIGHT_NAME)}")
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()

@@ -16,7 +16,7 @@ from diffusers.utils import is_wandb_available
 
 from diffusers_dito import AutoencoderDiTo
 
-from .checkpointing import COMPLETE_MARKER, is_complete_checkpoint
+from .checkpoints import COMPLETE_MARKER, is_complete_checkpoint
 from .data import SMALL_IMAGE_POLICIES
 from .reliability import EXIT_CODE_SIGTERM
 

@@ -29,8 +29,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from .checkpointing import weights_digest
 from .data import ImageDataset, collate_samples, seed_from
+from .trained_weights import weights_digest
 
 logger = get_logger(__name__, log_level="INFO")
 

@@ -1,0 +1,176 @@
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+"""The training objectives as modules, so that DistributedDataParallel (which syncs gradients only for computations run
+through the wrapped module's `forward`) and FSDP see the whole step: `DiToTrainingObjective` (train_dito.py) and
+`DistillationObjective` with its teacher targets (distill_dito.py). The loss math itself lives in
+`diffusers_dito.losses`.
+"""
+
+import torch
+
+from ..losses import dito_flow_matching_loss, laplacian_l2_loss, patch_sliced_wasserstein_loss
+from ..models.autoencoder_dito import AutoencoderDiTo
+from .checkpoints import load_component
+from .data import seed_from
+
+LOSS_TYPES = ("l2", "laplacian")  # the distillation loss between the student's and the teacher's decodes
+SWD_NOISES = ("fresh", "paired")  # the noise the distribution term's student decode starts from
+
+
+class DiToTrainingObjective(torch.nn.Module):
+    """`dito_flow_matching_loss` as a module's forward: DistributedDataParallel syncs gradients only for computations
+    run through the wrapped module's `forward`, and the loss calls `vae.encode`/`vae.predict_velocity` directly."""
+
+    def __init__(
+        self,
+        vae: AutoencoderDiTo,
+        noise_sync_prob: float,
+        lpips_model=None,
+        lpips_weight: float = 0.0,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
+        super().__init__()
+        self.vae, self.noise_sync_prob = vae, noise_sync_prob
+        self.lpips_model, self.lpips_weight = lpips_model, lpips_weight  # frozen: not in the optimizer or checkpoints
+        self.memory_format = memory_format  # of each batch, the same as the weights' (--channels_last)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        out = dito_flow_matching_loss(
+            self.vae,
+            images.contiguous(memory_format=self.memory_format),
+            noise_sync_prob=self.noise_sync_prob,
+            generator=generator,
+            lpips_model=self.lpips_model,
+            lpips_weight=self.lpips_weight,
+        )
+        return dict(out)  # a plain dict survives accelerate's fp32 output conversion; rebuilt by the caller
+
+
+class DistillationObjective(torch.nn.Module):
+    """The student's decode of (z, ε) against the teacher's, as a module's forward: DistributedDataParallel syncs
+    gradients only for computations run through the wrapped module's `forward`."""
+
+    def __init__(
+        self,
+        student: AutoencoderDiTo,
+        student_steps: int,
+        data_loss_weight: float,
+        loss_type: str = "l2",
+        laplacian_levels: int = 3,
+        laplacian_fine_weight: float = 4.0,
+        swd_loss_weight: float = 0.0,
+        swd_noise: str = "fresh",
+    ):
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {loss_type!r}.")
+        if swd_noise not in SWD_NOISES:
+            raise ValueError(f"`swd_noise` must be one of {SWD_NOISES}, got {swd_noise!r}.")
+        self.student, self.student_steps, self.data_loss_weight = student, student_steps, data_loss_weight
+        self.loss_type = loss_type
+        self.laplacian = {"num_levels": laplacian_levels, "fine_weight": laplacian_fine_weight}
+        self.swd_loss_weight, self.swd_noise = swd_loss_weight, swd_noise
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        targets: torch.Tensor,
+        images: torch.Tensor,
+        noise_seed: int | list[int],
+        fresh_seed: int = 0,
+        valid: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        # The same seed(s) as the teacher's decode: the same ε, drawn by `decode` itself.
+        generator = noise_generators(noise_seed, latents.device)
+        sample = self.student.decode(latents, generator=generator, num_inference_steps=self.student_steps).sample
+        if self.loss_type == "laplacian":
+            distill_loss = laplacian_l2_loss(sample, targets, **self.laplacian)  # (B,)
+        else:
+            distill_loss = (sample.float() - targets.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        data_loss = (sample.float() - images.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        loss = distill_loss + self.data_loss_weight * data_loss if self.data_loss_weight else distill_loss
+        swd_loss = self.distribution_loss(latents, targets, sample, fresh_seed, valid)  # scalar: one per batch
+        if self.swd_loss_weight:
+            loss = loss + self.swd_loss_weight * swd_loss
+        swd_loss = swd_loss.detach().expand_as(distill_loss)  # (B,), for the per-sample logs
+        return {"per_sample_loss": loss, "distill_loss": distill_loss, "data_loss": data_loss, "swd_loss": swd_loss}
+
+    def distribution_loss(
+        self, latents: torch.Tensor, targets: torch.Tensor, sample: torch.Tensor, fresh_seed: int, valid
+    ) -> torch.Tensor:
+        """The batch's patch SWD to the teacher's decodes (0 without --swd_loss_weight), on the readable images.
+        With fresh noise the student decodes the same latents again from ε drawn from `fresh_seed`: the term
+        needs no teacher decode of that noise, so the student meets new noise every step."""
+        keep = slice(None) if valid is None else valid.bool()
+        if not self.swd_loss_weight or (valid is not None and not keep.any()):
+            return sample.new_zeros(())
+        if self.swd_noise == "fresh":
+            generator = torch.Generator(device=latents.device).manual_seed(fresh_seed)
+            sample = self.student.decode(latents, generator=generator, num_inference_steps=self.student_steps).sample
+        directions = torch.Generator().manual_seed(fresh_seed)  # CPU: the same directions on every device
+        return patch_sliced_wasserstein_loss(sample[keep], targets[keep], generator=directions)
+
+
+def noise_generators(noise_seed: int | list[int], device) -> torch.Generator | list[torch.Generator]:
+    """One generator for the batch's ε, or one per image (`--cache_teacher_targets`: ε fixed per image)."""
+    if isinstance(noise_seed, int):
+        return torch.Generator(device=device).manual_seed(noise_seed)
+    return [torch.Generator(device=device).manual_seed(seed) for seed in noise_seed]
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: AutoencoderDiTo, images: torch.Tensor, noise_seed: int | list[int], steps: int, accelerator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = E(x) and the teacher's `steps`-step decode of (z, ε), with ε drawn from `noise_seed` (one per image when
+    a list)."""
+    generator = noise_generators(noise_seed, images.device)
+    with accelerator.autocast():
+        latents = teacher.encode(images).latents  # (B, C, h, w)
+        targets = teacher.decode(latents, generator=generator, num_inference_steps=steps).sample  # (B, 3, H, W)
+    return latents, targets
+
+
+class TeacherTargetCache:
+    """`--cache_teacher_targets`: each training image's (image, z, teacher decode), decoded the first time the image
+    is drawn, from ε fixed per image (seeded by (seed, index)), and reused in later epochs.
+
+    On a CPU the teacher's many-step decode costs about ten student steps, so with a small dataset (choose its size
+    with --max_train_samples) the student takes many more steps in the same time on a fixed set of (z, ε) pairs.
+    Resuming stays exact: a batch with any new image is decoded whole, so the teacher always decodes full batches,
+    and each image's decode does not depend on the others in its batch. Memory: three image-sized tensors per image.
+    """
+
+    NOISE_KEY = 0x7461726765  # keeps these seeds apart from the per-batch ones: seed_from(seed, NOISE_KEY, index)
+
+    def __init__(self, teacher: AutoencoderDiTo, steps: int, seed: int):
+        self.teacher, self.steps, self.seed = teacher, steps, seed
+        self.entries: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def noise_seeds(self, indices: list[int]) -> list[int]:
+        return [seed_from(self.seed, self.NOISE_KEY, index) for index in indices]
+
+    def lookup(self, batch: dict, accelerator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """The batch's images, latents and targets (each `(B, ...)`), and its per-image noise seeds."""
+        indices = batch["index"].tolist()
+        seeds = self.noise_seeds(indices)
+        if any(index not in self.entries for index in indices):
+            images = batch["pixel_values"]  # (B, 3, R, R)
+            latents, targets = teacher_targets(self.teacher, images, seeds, self.steps, accelerator)
+            for k, index in enumerate(indices):
+                self.entries.setdefault(index, (images[k], latents[k], targets[k]))
+        images, latents, targets = (torch.stack(column) for column in zip(*(self.entries[i] for i in indices)))
+        return images, latents, targets, seeds
+
+
+def build_student(
+    teacher_path: str, student_steps: int, cache_dir: str | None = None, gradient_checkpointing: bool = False
+) -> AutoencoderDiTo:
+    """A second copy of the teacher at `teacher_path` whose config decodes in `student_steps`; only its decoder
+    trains, so its encoder (and the latent space) stays the teacher's, bit for bit."""
+    student = load_component(AutoencoderDiTo, teacher_path, "vae", cache_dir)
+    student.register_to_config(num_inference_steps=student_steps)
+    student.requires_grad_(False)
+    student.decoder_unet.requires_grad_(True).train()
+    if gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    return student
