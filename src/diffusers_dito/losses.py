@@ -38,6 +38,44 @@ class DiToLossOutput(BaseOutput):
     lpips_loss: torch.Tensor
 
 
+def _interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The flow-matching path x_t = (1 − t)·x + t·ε, with one `t` per sample."""
+    t = t.view(-1, 1, 1, 1).to(x.dtype)
+    return (1.0 - t) * x + t * noise  # (B, ...)
+
+
+def _noised_batch(vae: AutoencoderDiTo, images: torch.Tensor, noise_sync_prob: float, generator) -> tuple:
+    r"""
+    Steps 1–3 of [`dito_flow_matching_loss`]: the latent z = LN(E(x)), noise-synchronised per sample with probability
+    `noise_sync_prob`: τ ~ U[0, 1], z ← (1 − τ)·z + τ·ε_z, and the decoder's time drawn from U[τ, 1], so that the
+    decoder is never asked to be cleaner than its latent; otherwise τ = 0 and t ~ U[0, 1]. Then x_t = (1 − t)·x + t·ε.
+
+    Returns `(z, x_t, ε − x, t, τ, synced)`: the latent, the noisy images, the velocity target, and per sample the
+    decoder's time, the latent's noise level and whether it was noise-synchronised.
+    """
+    if not 0.0 <= noise_sync_prob <= 1.0:
+        raise ValueError(f"`noise_sync_prob` must be in [0, 1], got {noise_sync_prob}.")
+    # `encode` minus its two finiteness checks: each waits for the device every step and splits a torch.compile
+    # graph, and training handles non-finite values itself (the step is skipped). Shapes are still checked.
+    vae.check_images(images, finite=False)
+    z = vae._encode(images)  # (B, C, h, w)
+    batch_size, device = images.shape[0], images.device
+    uniform = torch.rand(3, batch_size, generator=generator, device=generator.device if generator else device)
+    uniform = uniform.to(device=device, dtype=torch.float32)  # (3, B): sync coin, τ, t
+    noise_synced = uniform[0] < noise_sync_prob  # (B,)
+    tau = torch.where(noise_synced, uniform[1], torch.zeros_like(uniform[1]))  # (B,)
+    t = tau + (1.0 - tau) * uniform[2]  # (B,): U[τ, 1], i.e. U[0, 1] where τ = 0
+    z = _interpolate(z, randn_tensor(z.shape, generator=generator, device=device, dtype=z.dtype), tau)
+    noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
+    return z, _interpolate(images, noise, t), noise - images, t, tau, noise_synced
+
+
+def _one_step_lpips(lpips_model: Callable, noisy: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, images):
+    """Step 5 of [`dito_flow_matching_loss`]: LPIPS(x̂, x) of the model's one-step guess x̂ = x_t − t·v, per sample."""
+    estimate = noisy.float() - t.view(-1, 1, 1, 1) * pred.float()  # (B, 3, H, W)
+    return lpips_model(estimate, images.float()).float()  # (B,)
+
+
 def dito_flow_matching_loss(
     vae: AutoencoderDiTo,
     images: torch.Tensor,
@@ -51,15 +89,11 @@ def dito_flow_matching_loss(
 
     1. z = LN(E(x)).
     2. Noise synchronisation, with probability `noise_sync_prob` per sample: τ ~ U[0, 1], z ← (1 − τ)·z + τ·ε_z,
-       and the decoder's time is drawn from U[τ, 1], so the decoder is never asked to be cleaner than its latent.
-       Otherwise τ = 0 and t ~ U[0, 1].
+       and the decoder's time t ~ U[τ, 1]. Otherwise τ = 0 and t ~ U[0, 1].
     3. x_t = (1 − t)·x + t·ε.
-    4. L = ‖D(x_t, t, z) − (ε − x)‖², averaged per sample, then over the batch.
+    4. L = ‖D(x_t, t, z) − (ε − x)‖², averaged per sample, then over the batch (ε − x: the schedulers' velocity).
     5. Optionally (the paper's DiTo+LPIPS variant), + `lpips_weight` · LPIPS(x̂, x) with x̂ = x_t − t·D(x_t, t, z),
        the model's one-step guess of x (exact when D predicts ε − x).
-
-    The target ε − x is the velocity that diffusers' flow-match schedulers step with (x_{t'} = x_t + (t' − t)·v),
-    so a stock `FlowMatchEulerDiscreteScheduler` decodes the trained model.
 
     Args:
         vae (`AutoencoderDiTo`): The model to train.
@@ -68,8 +102,7 @@ def dito_flow_matching_loss(
         generator (`torch.Generator`, *optional*): Source of all randomness here, for reproducible steps.
         lpips_model (`Callable`, *optional*): (B, 3, H, W) × (B, 3, H, W) in [-1, 1] -> (B,) perceptual distance,
             differentiable in its first argument, e.g. [`~metrics.load_lpips`]. Required when `lpips_weight > 0`.
-        lpips_weight (`float`, *optional*, defaults to 0.0): Weight of the LPIPS term (paper: 0.5). At 0 the loss
-            is computed exactly as without it.
+        lpips_weight (`float`, *optional*, defaults to 0.0): Weight of the LPIPS term (paper: 0.5).
 
     Returns:
         [`DiToLossOutput`].
@@ -80,43 +113,19 @@ def dito_flow_matching_loss(
         >>> from diffusers_dito import AutoencoderDiTo, DITO_PRESETS, dito_flow_matching_loss
 
         >>> vae = AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"])
-        >>> out = dito_flow_matching_loss(vae, torch.rand(2, 3, 32, 32) * 2 - 1, noise_sync_prob=0.1)
-        >>> out.per_sample_loss.shape
+        >>> dito_flow_matching_loss(vae, torch.rand(2, 3, 32, 32) * 2 - 1, noise_sync_prob=0.1).per_sample_loss.shape
         torch.Size([2])
 
         ```
     """
-    if not 0.0 <= noise_sync_prob <= 1.0:
-        raise ValueError(f"`noise_sync_prob` must be in [0, 1], got {noise_sync_prob}.")
     if lpips_weight < 0 or (lpips_weight > 0 and lpips_model is None):
         raise ValueError(f"`lpips_weight` must be >= 0 and needs `lpips_model`, got {lpips_weight} and {lpips_model}.")
-    batch_size, device = images.shape[0], images.device
-
-    # `encode` minus its two finiteness checks: each waits for the device every step and splits a torch.compile
-    # graph, and training handles non-finite values itself (the step is skipped). Shapes are still checked.
-    vae.check_images(images, finite=False)
-    z = vae._encode(images)  # (B, C, h, w)
-    uniform = torch.rand(3, batch_size, generator=generator, device=generator.device if generator else device)
-    uniform = uniform.to(device=device, dtype=torch.float32)  # (3, B): sync coin, τ, t
-    noise_synced = uniform[0] < noise_sync_prob  # (B,)
-    tau = torch.where(noise_synced, uniform[1], torch.zeros_like(uniform[1]))  # (B,)
-    t = tau + (1.0 - tau) * uniform[2]  # (B,): U[τ, 1], i.e. U[0, 1] where τ = 0
-
-    latent_noise = randn_tensor(z.shape, generator=generator, device=device, dtype=z.dtype)
-    tau_b = tau.view(-1, 1, 1, 1).to(z.dtype)
-    z = (1.0 - tau_b) * z + tau_b * latent_noise  # (B, C, h, w)
-
-    noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
-    t_b = t.view(-1, 1, 1, 1).to(images.dtype)
-    noisy = (1.0 - t_b) * images + t_b * noise  # (B, 3, H, W)
-    target = noise - images
-
+    z, noisy, target, t, tau, noise_synced = _noised_batch(vae, images, noise_sync_prob, generator)
     pred = vae.predict_velocity(noisy, t * 1000.0, vae.upsample_latents(z))  # timestep as σ·1000
     flow_loss = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
     per_sample_loss, lpips_loss = flow_loss, torch.zeros_like(flow_loss)
     if lpips_weight > 0:  # skipped at 0, so that the loss stays bit-identical to the plain objective
-        estimate = noisy.float() - t.view(-1, 1, 1, 1) * pred.float()  # (B, 3, H, W): x̂ = x_t − t·v
-        lpips_loss = lpips_model(estimate, images.float()).float()  # (B,)
+        lpips_loss = _one_step_lpips(lpips_model, noisy, t, pred, images)
         per_sample_loss = flow_loss + lpips_weight * lpips_loss
     return DiToLossOutput(
         loss=per_sample_loss.mean(),
@@ -192,13 +201,19 @@ def latent_flow_matching_loss(
     labels = torch.where(dropped, torch.full_like(class_labels, num_classes), class_labels)  # (B,)
     t = uniform[1]  # (B,)
     noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    t_b = t.view(-1, 1, 1, 1).to(latents.dtype)
-    noisy = (1.0 - t_b) * latents + t_b * noise  # (B, C, h, w)
+    noisy = _interpolate(latents, noise, t)  # (B, C, h, w)
     pred = transformer(noisy, timestep=t * 1000.0, class_labels=labels).sample  # (B, C, h, w)
     per_sample_loss = (pred.float() - (noise - latents).float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
     return LatentFlowMatchingLossOutput(
         loss=per_sample_loss.mean(), per_sample_loss=per_sample_loss, t=t, dropped=dropped
     )
+
+
+def _check_same_shape(sample: torch.Tensor, target: torch.Tensor) -> None:
+    if sample.shape != target.shape or sample.ndim != 4:
+        raise ValueError(
+            f"Expected `sample` and `target` of one shape (B, C, H, W), got {sample.shape} and {target.shape}."
+        )
 
 
 def laplacian_l2_loss(
@@ -238,10 +253,7 @@ def laplacian_l2_loss(
 
         ```
     """
-    if sample.shape != target.shape or sample.ndim != 4:
-        raise ValueError(
-            f"Expected `sample` and `target` of one shape (B, C, H, W), got {sample.shape} and {target.shape}."
-        )
+    _check_same_shape(sample, target)
     if num_levels < 1 or min(sample.shape[-2:]) < 3 * 2 ** (num_levels - 1):
         raise ValueError(
             f"`num_levels` must be >= 1 and leave every level at least 3 px: {num_levels} levels of a "
@@ -253,6 +265,20 @@ def laplacian_l2_loss(
     bands = zip(laplacian_pyramid(sample.float(), num_levels), laplacian_pyramid(target.float(), num_levels))
     per_band = [(s - t).pow(2).mean(dim=(1, 2, 3)) for s, t in bands]  # num_levels × (B,)
     return sum(w * band for w, band in zip(weights, per_band)) * (num_levels / sum(weights))  # (B,)
+
+
+def _patch_sliced_distance(
+    band: torch.Tensor, target_band: torch.Tensor, patch_size: int, num_directions: int, generator
+) -> torch.Tensor:
+    """The squared sliced Wasserstein-2 distance of one level of [`patch_sliced_wasserstein_loss`], a scalar."""
+    dim = band.shape[1] * patch_size**2
+    directions = random_unit_directions(dim, num_directions, generator, band)  # (D, K)
+    # (B, D, L) -> (B·L, D): every neighbourhood of every image, then its projections sorted per direction
+    projected = [
+        (F.unfold(x, patch_size).transpose(1, 2).reshape(-1, dim) @ directions).sort(dim=0).values
+        for x in (band, target_band)
+    ]  # 2 × (B·L, K)
+    return (projected[0] - projected[1]).pow(2).mean()
 
 
 def patch_sliced_wasserstein_loss(
@@ -304,10 +330,7 @@ def patch_sliced_wasserstein_loss(
 
         ```
     """
-    if sample.shape != target.shape or sample.ndim != 4:
-        raise ValueError(
-            f"Expected `sample` and `target` of one shape (B, C, H, W), got {sample.shape} and {target.shape}."
-        )
+    _check_same_shape(sample, target)
     if num_levels < 2 or min(sample.shape[-2:]) < patch_size * 2 ** (num_levels - 2):
         raise ValueError(
             f"`num_levels` must be >= 2 and leave every band-pass level at least `patch_size` ({patch_size}) px: "
@@ -316,14 +339,5 @@ def patch_sliced_wasserstein_loss(
     if num_directions < 1:
         raise ValueError(f"`num_directions` must be >= 1, got {num_directions}.")
     bands = zip(laplacian_pyramid(sample.float(), num_levels)[:-1], laplacian_pyramid(target.float(), num_levels)[:-1])
-    per_level = []
-    for band, target_band in bands:
-        dim = band.shape[1] * patch_size**2
-        directions = random_unit_directions(dim, num_directions, generator, band)  # (D, K)
-        # (B, D, L) -> (B·L, D): every neighbourhood of every image, then its projections sorted per direction
-        projected = [
-            (F.unfold(x, patch_size).transpose(1, 2).reshape(-1, dim) @ directions).sort(dim=0).values
-            for x in (band, target_band)
-        ]  # 2 × (B·L, K)
-        per_level.append((projected[0] - projected[1]).pow(2).mean())
+    per_level = [_patch_sliced_distance(*pair, patch_size, num_directions, generator) for pair in bands]
     return torch.stack(per_level).mean()

@@ -76,6 +76,21 @@ def _features(extract: Callable[[torch.Tensor], torch.Tensor], images: torch.Ten
     return torch.cat([extract(batch).flatten(1).double().cpu() for batch in _batches(images, batch_size)])
 
 
+def _feature_distance(
+    model: nn.Module, extract: Callable, images: torch.Tensor, reference_images: torch.Tensor, batch_size: int
+) -> float:
+    """The Fréchet distance between `extract`'s features of the two sets, computed with `model` in eval mode on the
+    images' device; `model` is put back in its training mode afterwards."""
+    was_training = model.training
+    model.eval().to(images.device)
+    try:
+        features = _features(extract, images, batch_size)
+        reference_features = _features(extract, reference_images, batch_size)
+    finally:
+        model.train(was_training)
+    return frechet_distance(features, reference_features)
+
+
 def _load_inception(inception: str | os.PathLike | None) -> nn.Module:
     path = _resolve_path(inception, INCEPTION_WEIGHTS_ENV)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / _INCEPTION_FILE  # where torch-fidelity would have put it
@@ -142,14 +157,7 @@ def frechet_inception_distance(
     """
     images, reference_images = _check_sets(images, reference_images)
     model = inception if isinstance(inception, nn.Module) else _load_inception(inception)
-    was_training = model.training
-    model.eval().to(images.device)
-    try:
-        features = _features(lambda batch: model(_to_uint8(batch)), images, batch_size)
-        reference_features = _features(lambda batch: model(_to_uint8(batch)), reference_images, batch_size)
-    finally:
-        model.train(was_training)
-    return frechet_distance(features, reference_features)
+    return _feature_distance(model, lambda batch: model(_to_uint8(batch)), images, reference_images, batch_size)
 
 
 def _load_dinov2(dinov2: str | os.PathLike | None) -> "Dinov2Model":
@@ -213,8 +221,6 @@ def frechet_dinov2_distance(
         raise ValueError(f"`resolution` must be >= 1, got {resolution}.")
     images, reference_images = _check_sets(images, reference_images)
     model = dinov2 if isinstance(dinov2, nn.Module) else _load_dinov2(dinov2)
-    was_training = model.training
-    model.eval().to(images.device)
     mean = torch.tensor(_IMAGENET_MEAN, device=images.device)[None, :, None, None]
     std = torch.tensor(_IMAGENET_STD, device=images.device)[None, :, None, None]
     dtype = next(model.parameters()).dtype
@@ -224,9 +230,4 @@ def frechet_dinov2_distance(
         x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
         return model(pixel_values=((x - mean) / std).to(dtype)).pooler_output  # (B, hidden)
 
-    try:
-        features = _features(extract, images, batch_size)
-        reference_features = _features(extract, reference_images, batch_size)
-    finally:
-        model.train(was_training)
-    return frechet_distance(features, reference_features)
+    return _feature_distance(model, extract, images, reference_images, batch_size)

@@ -11,7 +11,7 @@ from ._inputs import _check_images, _check_pair
 from .frechet import frechet_dinov2_distance, frechet_inception_distance
 from .perceptual import lpips
 from .pixel import high_frequency_energy_ratio, psnr, ssim
-from .swd import sliced_wasserstein_distance
+from .swd import SlicedWassersteinOutput, sliced_wasserstein_distance
 from .weights import MissingWeightsError
 
 if TYPE_CHECKING:  # importing transformers costs seconds; only the annotations name it
@@ -39,6 +39,26 @@ def _run_if_weights(report: MetricsReport, needs_weights: dict) -> None:
             report.values[name] = metric()
         except (MissingWeightsError, ModuleNotFoundError) as err:
             report.skipped[name] = str(err)
+
+
+def _swd_values(swd: SlicedWassersteinOutput) -> dict[str, float]:
+    """A report's SWD values: `swd`, the mean over the levels, and `swd_<resolution>` per level."""
+    return {"swd": swd.mean, **{f"swd_{resolution}": value for resolution, value in swd.per_level.items()}}
+
+
+def _equal_size_swd(samples: torch.Tensor, reference_images: torch.Tensor, seed: int) -> SlicedWassersteinOutput:
+    """The SWD of two sets of one image size and any numbers of images: the larger set is represented by a random
+    subset as large as the smaller, drawn with `seed` (SWD compares its sets image by image)."""
+    count = min(samples.shape[0], reference_images.shape[0])
+    generator = torch.Generator().manual_seed(seed)
+
+    def subset(images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] == count:
+            return images
+        keep = torch.randperm(images.shape[0], generator=generator)[:count].sort().values
+        return images[keep.to(images.device)]  # (count, 3, H, W)
+
+    return sliced_wasserstein_distance(subset(samples), subset(reference_images), seed=seed)
 
 
 def compute_metrics(
@@ -88,9 +108,7 @@ def compute_metrics(
     report = MetricsReport()
     report.values["psnr"] = psnr(reconstructions, originals)
     report.values["ssim"] = ssim(reconstructions, originals)
-    swd = sliced_wasserstein_distance(reconstructions, originals, seed=seed)
-    report.values["swd"] = swd.mean
-    report.values.update({f"swd_{resolution}": value for resolution, value in swd.per_level.items()})
+    report.values.update(_swd_values(sliced_wasserstein_distance(reconstructions, originals, seed=seed)))
     report.values["hf_energy_ratio"] = high_frequency_energy_ratio(reconstructions, originals)
     needs_weights = {
         "lpips": lambda: lpips(reconstructions, originals, backbone=lpips_backbone, batch_size=batch_size),
@@ -115,9 +133,8 @@ def compute_generation_metrics(
 
     Names in `values`: `swd` (mean over levels) and `swd_<resolution>`, and, when they run, `gfid` and `fd_dinov2`.
 
-    SWD compares two sets of the same shape (Karras et al. compare equal numbers of images). When the sets differ in
-    size, the larger one is represented by a random subset, drawn with `seed`, as large as the smaller one. The
-    Fréchet distances use both sets whole.
+    SWD compares sets of one size, as Karras et al. do: of sets that differ, the larger is represented by a random
+    subset as large as the smaller, drawn with `seed`. The Fréchet distances use both sets whole.
 
     Args:
         samples (`torch.Tensor` of shape `(N, 3, H, W)`): Generated images in [-1, 1]; N >= 2, H, W >= 16.
@@ -151,19 +168,8 @@ def compute_generation_metrics(
         )
     if min(samples.shape[0], reference_images.shape[0]) < 2:
         raise ValueError(f"Need >= 2 images per set, got {samples.shape[0]} and {reference_images.shape[0]}.")
-    count = min(samples.shape[0], reference_images.shape[0])
-    generator = torch.Generator().manual_seed(seed)
-
-    def subset(images: torch.Tensor) -> torch.Tensor:
-        if images.shape[0] == count:
-            return images
-        keep = torch.randperm(images.shape[0], generator=generator)[:count].sort().values
-        return images[keep.to(images.device)]  # (count, 3, H, W)
-
     report = MetricsReport()
-    swd = sliced_wasserstein_distance(subset(samples), subset(reference_images), seed=seed)
-    report.values["swd"] = swd.mean
-    report.values.update({f"swd_{resolution}": value for resolution, value in swd.per_level.items()})
+    report.values.update(_swd_values(_equal_size_swd(samples, reference_images, seed)))
     _run_if_weights(
         report,
         {

@@ -1,4 +1,11 @@
-"""Sliced Wasserstein distance between multi-scale patch statistics (Karras et al. 2018, Sec. 5)."""
+"""Sliced Wasserstein distance between multi-scale patch statistics (Karras et al. 2018, Sec. 5).
+
+Per level of a Laplacian pyramid (full resolution down to `min_resolution`, halving), `sliced_wasserstein_distance`
+samples `nhoods_per_image` 7×7 neighbourhoods per image, normalises each channel by its mean and standard deviation
+over the set, projects the descriptors on `dir_repeats × dirs_per_repeat` random unit directions, sorts each
+projection and averages the absolute differences between the two sorted lists (the 1-D Wasserstein-1 distance,
+averaged over directions).
+"""
 
 from dataclasses import dataclass
 
@@ -101,6 +108,39 @@ def _sort_columns(x: torch.Tensor) -> torch.Tensor:
     return x.sort(dim=0).values
 
 
+def _level_sides(side: int, min_resolution: int) -> list[int]:
+    """The smaller side of each pyramid level: `side`, halved while it stays at least `min_resolution`."""
+    sides = []
+    while side >= min_resolution:
+        sides.append(side)
+        side //= 2
+    return sides
+
+
+def _sliced_distance(
+    desc: torch.Tensor, reference_desc: torch.Tensor, dir_repeats: int, dirs_per_repeat: int, generator
+) -> float:
+    """The SWD of one level: the mean 1-D Wasserstein-1 distance of the descriptors' random projections."""
+    distances = []
+    for _ in range(dir_repeats):
+        directions = random_unit_directions(desc.shape[1], dirs_per_repeat, generator, desc)  # (D, K)
+        projected = _sort_columns(desc @ directions)  # (P, K)
+        reference_projected = _sort_columns(reference_desc @ directions)  # (P, K)
+        distances.append((projected - reference_projected).abs().mean())
+    return float(torch.stack(distances).mean())
+
+
+def _check_sampling(
+    nhood_size: int, nhoods_per_image: int, dir_repeats: int, dirs_per_repeat: int, min_resolution: int
+) -> None:
+    if nhood_size < 1 or nhood_size % 2 == 0:
+        raise ValueError(f"`nhood_size` must be a positive odd number, got {nhood_size}.")
+    if min(nhoods_per_image, dir_repeats, dirs_per_repeat) < 1:
+        raise ValueError("`nhoods_per_image`, `dir_repeats` and `dirs_per_repeat` must be >= 1.")
+    if min_resolution < nhood_size:
+        raise ValueError(f"`min_resolution` ({min_resolution}) must be at least `nhood_size` ({nhood_size}).")
+
+
 @torch.no_grad()
 def sliced_wasserstein_distance(
     images: torch.Tensor,
@@ -114,13 +154,8 @@ def sliced_wasserstein_distance(
 ) -> SlicedWassersteinOutput:
     r"""
     Sliced Wasserstein distance between the local patch statistics of two image sets, at every scale of a Laplacian
-    pyramid (Karras et al. 2018, "Progressive Growing of GANs", Sec. 5).
-
-    Per pyramid level (full resolution down to `min_resolution`, halving): sample `nhoods_per_image` 7×7
-    neighbourhoods per image, normalise each channel by its mean and standard deviation over the set, project the
-    descriptors on `dir_repeats × dirs_per_repeat` random unit directions, sort each projection and average the
-    absolute differences between the two sorted lists (the 1-D Wasserstein-1 distance, averaged over directions).
-    Low is better; Karras et al. report the values ×10³.
+    pyramid (Karras et al. 2018, "Progressive Growing of GANs", Sec. 5; the module's docstring gives the steps). Low
+    is better; Karras et al. report the values ×10³.
 
     Deterministic for a given `seed`. Both sets are sampled at the same patch positions and projected on the same
     directions, so `sliced_wasserstein_distance(x, x)` is exactly 0 and paired comparisons (reconstructions against
@@ -152,33 +187,16 @@ def sliced_wasserstein_distance(
 
         ```
     """
-    if nhood_size < 1 or nhood_size % 2 == 0:
-        raise ValueError(f"`nhood_size` must be a positive odd number, got {nhood_size}.")
-    if min(nhoods_per_image, dir_repeats, dirs_per_repeat) < 1:
-        raise ValueError("`nhoods_per_image`, `dir_repeats` and `dirs_per_repeat` must be >= 1.")
-    if min_resolution < nhood_size:
-        raise ValueError(f"`min_resolution` ({min_resolution}) must be at least `nhood_size` ({nhood_size}).")
+    _check_sampling(nhood_size, nhoods_per_image, dir_repeats, dirs_per_repeat, min_resolution)
     images, reference_images = _check_pair(
         "images", images, "reference_images", reference_images, min_size=min_resolution
     )
-    resolutions = []
-    size = min(images.shape[-2:])
-    while size >= min_resolution:
-        resolutions.append(size)
-        size //= 2
-
+    resolutions = _level_sides(min(images.shape[-2:]), min_resolution)
     generator = torch.Generator().manual_seed(seed)  # CPU draws: the same numbers on every device
     pyramids = laplacian_pyramid(images, len(resolutions)), laplacian_pyramid(reference_images, len(resolutions))
     per_level = {}
     for resolution, level, reference_level in zip(resolutions, *pyramids):
         index = _patch_index(level.shape, nhood_size, nhoods_per_image, generator)  # shared by both sets
-        desc = _descriptors(level, index)  # (P, D)
-        reference_desc = _descriptors(reference_level, index)  # (P, D)
-        distances = []
-        for _ in range(dir_repeats):
-            directions = random_unit_directions(desc.shape[1], dirs_per_repeat, generator, desc)  # (D, K)
-            projected = _sort_columns(desc @ directions)  # (P, K)
-            reference_projected = _sort_columns(reference_desc @ directions)  # (P, K)
-            distances.append((projected - reference_projected).abs().mean())
-        per_level[resolution] = float(torch.stack(distances).mean())
+        descriptors = _descriptors(level, index), _descriptors(reference_level, index)  # 2 × (P, D)
+        per_level[resolution] = _sliced_distance(*descriptors, dir_repeats, dirs_per_repeat, generator)
     return SlicedWassersteinOutput(per_level=per_level, mean=sum(per_level.values()) / len(per_level))
