@@ -171,12 +171,12 @@ def test_generation_pipeline_saves_the_scheduler_it_decodes_with(tiny_config, tm
     assert loaded.decoder_scheduler.config.shift == 2.0
 
 
-def test_generation_pipeline_saved_before_the_decoder_scheduler_still_loads(tiny_config, tmp_path):
+def test_generation_pipeline_folder_without_a_decoder_scheduler_loads_with_euler(tiny_config, tmp_path):
     import shutil
 
     build("dito_dit", tiny_config).save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    del index["decoder_scheduler"]  # what an older release wrote
+    del index["decoder_scheduler"]
     (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(index))
     shutil.rmtree(tmp_path / "pipe" / "decoder_scheduler")
     loaded = DiToDiTPipeline.from_pretrained(tmp_path / "pipe")
@@ -302,12 +302,12 @@ def test_update_model_card_keeps_one_row_per_data_and_steps_and_the_rest_of_the_
     assert card.startswith(original[:start]) and card.endswith(original[end:])
 
 
-def test_update_model_card_adds_a_section_to_an_older_card_and_a_card_to_a_bare_model(tiny_config, tmp_path):
+def test_update_model_card_adds_a_section_to_a_card_without_one_and_a_card_to_a_bare_model(tiny_config, tmp_path):
     torch.manual_seed(0)
     pipe = DiToPipeline(vae=AutoencoderDiTo(**tiny_config()), scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.save_pretrained(tmp_path / "pipe")
-    older = "---\nlibrary_name: diffusers\n---\n\n# DiToPipeline\n\n## Components\n\nconfigs\n"  # no evaluation yet
-    (tmp_path / "pipe" / "README.md").write_text(older)
+    without = "---\nlibrary_name: diffusers\n---\n\n# DiToPipeline\n\n## Components\n\nconfigs\n"  # no evaluation
+    (tmp_path / "pipe" / "README.md").write_text(without)
     card = update_model_card(tmp_path / "pipe", METRICS).read_text()
     assert card.startswith("---\nlibrary_name: diffusers\n---\n\n# DiToPipeline\n\n<!-- diffusers-dito evaluation")
     assert card.endswith("<!-- /diffusers-dito evaluation -->\n\n## Components\n\nconfigs\n")

@@ -50,8 +50,8 @@ class DiToDiTPipeline(DiToPipelineLoadingMixin, DiffusionPipeline):
         id2label (`dict[int, str]`, *optional*): Class names; comma-separated synonyms, as in [`DiTPipeline`].
         decoder_scheduler ([`SchedulerMixin`], *optional*): The scheduler DiTo decodes the sampled latents with; saved
             and loaded with the pipeline, so a saved folder says how its images are decoded. Defaults to a
-            `FlowMatchEulerDiscreteScheduler` (Euler on DiTo's uniform grid); folders saved before it existed load
-            with that default.
+            `FlowMatchEulerDiscreteScheduler` (Euler on DiTo's uniform grid), which is also what a folder without a
+            `decoder_scheduler` loads with.
     """
 
     model_cpu_offload_seq = "transformer->vae"
