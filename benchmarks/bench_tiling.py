@@ -11,7 +11,6 @@ decode, and the time of each tiled decode over the untiled one (interleaved medi
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from common import machine_info, markdown_table, write_json
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo
 from diffusers_dito.metrics import psnr
 from diffusers_dito.models.tiling import tile_border_gradient_ratio
+from diffusers_dito.pipelines.loading import load_component
 from diffusers_dito.sample_data import photo_crops
 
 
@@ -48,8 +48,7 @@ def load_vae(path: str | None) -> AutoencoderDiTo:
     if path is None:
         torch.manual_seed(0)
         return AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"]).eval()
-    subfolder = "vae" if (Path(path) / "vae").is_dir() else None
-    return AutoencoderDiTo.from_pretrained(path, subfolder=subfolder).eval()
+    return load_component(AutoencoderDiTo, path, "vae").eval()
 
 
 MODES = ("untiled", "tiled, per-tile GroupNorm", "tiled, shared GroupNorm")

@@ -72,7 +72,7 @@ def main(args) -> dict:
     with torch.no_grad():
         z = vae.encode(held_out).latents
         for n in args.decode_steps:
-            rec = vae.decode(z, num_inference_steps=n, generator=torch.Generator().manual_seed(0)).sample.clamp(-1, 1)
+            rec = vae.decode(z, num_inference_steps=n, generator=torch.Generator().manual_seed(0)).sample
             result[f"{n}_steps"] = {
                 "psnr": psnr(rec, held_out),
                 "ssim": ssim(rec, held_out),

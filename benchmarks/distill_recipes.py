@@ -102,7 +102,7 @@ def evaluate(student, held_out, latents, teacher_decodes, step: int) -> dict:
     """The student's 1-step decode of the held-out crops, image i from the noise of seed i (as evaluate_dito.py)."""
     student.decoder_unet.eval()
     generators = [torch.Generator().manual_seed(i) for i in range(len(held_out))]
-    decoded = student.decode(latents, generator=generators, num_inference_steps=1).sample.clamp(-1, 1)
+    decoded = student.decode(latents, generator=generators, num_inference_steps=1).sample
     student.decoder_unet.train()
     swd = sliced_wasserstein_distance(decoded, held_out)
     fine, coarse = (swd.per_level[k] for k in sorted(swd.per_level, reverse=True))
@@ -121,7 +121,7 @@ def main(args) -> dict:
     with torch.no_grad():
         held_latents = teacher.encode(held_out).latents
         generators = [torch.Generator().manual_seed(i) for i in range(len(held_out))]
-        teacher_decodes = teacher.decode(held_latents, generator=generators).sample.clamp(-1, 1)  # its default
+        teacher_decodes = teacher.decode(held_latents, generator=generators).sample  # its default
 
     student = AutoencoderDiTo.from_pretrained(vae_dir).requires_grad_(False)
     student.register_to_config(num_inference_steps=1)

@@ -163,7 +163,7 @@ def error_bands(args, teacher, students: list, teacher_default: int) -> dict:
 
     def decode(vae, steps):
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(images))]
-        return vae.decode(z, generator=generators, num_inference_steps=steps).sample.clamp(-1, 1)
+        return vae.decode(z, generator=generators, num_inference_steps=steps).sample
 
     def shares(x: torch.Tensor) -> list[float]:
         energies = [band.pow(2).mean().item() for band in laplacian_pyramid(x, 3)]

@@ -111,7 +111,7 @@ def reconstruct(job: dict, vae: AutoencoderDiTo, images: torch.Tensor) -> torch.
     if job["kind"] == "ae":
         return deterministic_decode(vae, z).clamp(-1, 1)
     g = torch.Generator().manual_seed(job["seed"])
-    return vae.decode(z, num_inference_steps=job["decode_steps"], generator=g).sample.clamp(-1, 1)
+    return vae.decode(z, num_inference_steps=job["decode_steps"], generator=g).sample
 
 
 def reconstruction_metrics(rec: torch.Tensor, images: torch.Tensor, seed: int) -> dict:
@@ -159,7 +159,7 @@ def generate(dit, vae, num_classes: int, job: dict) -> torch.Tensor:
         )
         cond, uncond = both.sample.chunk(2)
         latents = scheduler.step(uncond + 2.0 * (cond - uncond), t, latents, return_dict=False)[0]  # CFG 2.0
-    return vae.decode(latents, num_inference_steps=job["decode_steps"], generator=g).sample.clamp(-1, 1)
+    return vae.decode(latents, num_inference_steps=job["decode_steps"], generator=g).sample
 
 
 def run_job(job: dict) -> dict:

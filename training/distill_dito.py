@@ -36,9 +36,11 @@ from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 
 from diffusers_dito import AutoencoderDiTo
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
+from diffusers_dito.models.autoencoder_dito import downsample_factor_of
+from diffusers_dito.pipelines.loading import load_component
 from diffusers_dito.training import arguments, performance
 from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
-from diffusers_dito.training.checkpoints import load_component, run_signature
+from diffusers_dito.training.checkpoints import run_signature
 from diffusers_dito.training.data import image_training_data, seed_from
 from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
 from diffusers_dito.training.objectives import (
@@ -178,13 +180,13 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     if args.cache_teacher_targets and (args.streaming or args.random_flip):
         parser.error("--cache_teacher_targets keeps one target per image: give --no-random_flip, and no --streaming.")
     arguments.check_run_arguments(args, parser, "--teacher_model_name_or_path", args.teacher_model_name_or_path)
-    config = arguments.local_model_config(args.teacher_model_name_or_path, "vae")
+    config = arguments.read_model_config(args.teacher_model_name_or_path, "vae", parser)
     if config is None:  # hub ids are checked after loading
         return
-    if args.resolution % arguments.vae_downsample_factor(config):
+    if args.resolution % downsample_factor_of(config):
         parser.error(
             f"--resolution {args.resolution} is not divisible by the teacher's down-sampling factor "
-            f"{arguments.vae_downsample_factor(config)}."
+            f"{downsample_factor_of(config)}."
         )
     teacher_steps = args.teacher_steps or arguments.vae_config_value(config, "num_inference_steps")
     if teacher_steps <= args.student_steps:

@@ -26,9 +26,11 @@ from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput
 from diffusers_dito.cli import OneLineArgumentParser, finite_float  # one-line usage errors, exit code 2
 from diffusers_dito.metrics import LPIPS_BACKBONE_ENV, MissingWeightsError, load_lpips, lpips_backbone_file
 from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES
+from diffusers_dito.models.autoencoder_dito import downsample_factor_of
+from diffusers_dito.pipelines.loading import load_component
 from diffusers_dito.training import arguments, performance
 from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
-from diffusers_dito.training.checkpoints import load_component, run_signature
+from diffusers_dito.training.checkpoints import run_signature
 from diffusers_dito.training.data import image_training_data, seed_from
 from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
 from diffusers_dito.training.objectives import DiToTrainingObjective
@@ -160,11 +162,11 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     elif args.model_config is not None:
         config = _read_model_config(args.model_config, parser)
     else:  # hub ids are checked after loading
-        config = arguments.local_model_config(args.pretrained_model_name_or_path, "vae")
-    if config is not None and args.resolution % arguments.vae_downsample_factor(config):
+        config = arguments.read_model_config(args.pretrained_model_name_or_path, "vae", parser)
+    if config is not None and args.resolution % downsample_factor_of(config):
         parser.error(
             f"--resolution {args.resolution} is not divisible by the model's down-sampling factor "
-            f"{arguments.vae_downsample_factor(config)}."
+            f"{downsample_factor_of(config)}."
         )
 
 

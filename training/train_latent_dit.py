@@ -31,9 +31,11 @@ from diffusers_dito import (
     latent_flow_matching_loss,
 )
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
+from diffusers_dito.models.autoencoder_dito import downsample_factor_of
+from diffusers_dito.pipelines.loading import load_component, local_model_config
 from diffusers_dito.training import arguments, latent_cache, performance
 from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
-from diffusers_dito.training.checkpoints import load_component, run_signature
+from diffusers_dito.training.checkpoints import run_signature
 from diffusers_dito.training.data import (
     EpochShuffleSampler,
     ImageDataset,
@@ -136,13 +138,13 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         )
     arguments.check_run_arguments(args, parser, "--pretrained_transformer_path", args.pretrained_transformer_path)
 
-    vae_config = arguments.local_model_config(args.vae_model_name_or_path, "vae")
+    vae_config = arguments.read_model_config(args.vae_model_name_or_path, "vae", parser)
     if vae_config is None:
         parser.error(
             f"--vae_model_name_or_path {args.vae_model_name_or_path} is not a DiToPipeline or AutoencoderDiTo folder "
             "(no config.json in it or in its vae/)."
         )
-    factor = arguments.vae_downsample_factor(vae_config)
+    factor = downsample_factor_of(vae_config)
     if args.resolution % factor:
         parser.error(f"--resolution {args.resolution} is not divisible by the VAE's down-sampling factor {factor}.")
     latent_size, channels = args.resolution // factor, arguments.vae_config_value(vae_config, "latent_channels")
@@ -155,7 +157,7 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 f"{patch_size}x{patch_size} patches do not tile."
             )
         return
-    config = arguments.local_model_config(args.pretrained_transformer_path, "transformer")
+    config = arguments.read_model_config(args.pretrained_transformer_path, "transformer", parser)
     if config is None:
         parser.error(
             f"--pretrained_transformer_path {args.pretrained_transformer_path} is not a DiToDiTPipeline or "
@@ -175,7 +177,7 @@ def check_num_classes(args: argparse.Namespace, num_classes: int) -> None:
     if num_classes < 1:
         raise ValueError(f"The data has no classes in --label_column {args.label_column!r}.")
     if args.pretrained_transformer_path is not None:
-        config = arguments.local_model_config(args.pretrained_transformer_path, "transformer")
+        config = local_model_config(args.pretrained_transformer_path, "transformer")
         if config["num_embeds_ada_norm"] != num_classes:
             raise ValueError(
                 f"The data has {num_classes} classes, but --pretrained_transformer_path "

@@ -7,15 +7,14 @@ exit code 2) before any data or model is loaded.
 
 import argparse
 import inspect
-import json
 import math
 import os
 from pathlib import Path
 
 from diffusers.utils import is_wandb_available
 
-from diffusers_dito import AutoencoderDiTo
-
+from ..models.autoencoder_dito import AutoencoderDiTo
+from ..pipelines.loading import local_model_config
 from .checkpoints import COMPLETE_MARKER, is_complete_checkpoint
 from .data import SMALL_IMAGE_POLICIES
 from .reliability import EXIT_CODE_SIGTERM
@@ -54,24 +53,18 @@ def config_file(path: str) -> Path:
     return Path(path) / "config.json" if Path(path).is_dir() else Path(path)
 
 
-def local_model_config(path: str, subfolder: str) -> dict | None:
-    """The config of a local model folder, or of the `subfolder` component of a local pipeline folder; None if
-    there is none (a hub id, or a path that does not exist)."""
-    for candidate in (Path(path) / subfolder / "config.json", Path(path) / "config.json"):
-        if candidate.is_file():
-            with open(candidate) as f:
-                return json.load(f)
-    return None
+def read_model_config(path: str, subfolder: str, parser: argparse.ArgumentParser) -> dict | None:
+    """The config of a local model folder or of a local pipeline's `subfolder` component (`local_model_config`);
+    None for a Hub id or a path that does not exist. An unreadable config.json is a usage error."""
+    try:
+        return local_model_config(path, subfolder)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def vae_config_value(config: dict, name: str):
     """An AutoencoderDiTo config value, or its default when the config leaves it out."""
     return config.get(name, inspect.signature(AutoencoderDiTo.__init__).parameters[name].default)
-
-
-def vae_downsample_factor(config: dict) -> int:
-    """f of an AutoencoderDiTo config (2 ** (number of encoder blocks - 1)), read without building the model."""
-    return 2 ** (len(vae_config_value(config, "block_out_channels")) - 1)
 
 
 # ------------------------------------------------------------------------------------------------ argument groups

@@ -313,9 +313,3 @@ def resume(
             ema.to(accelerator.device)
     if batches_per_epoch is not None and progress.batches_in_epoch >= batches_per_epoch:  # saved at an epoch's end
         progress.epoch, progress.batches_in_epoch = progress.epoch + 1, 0
-
-
-def load_component(model_cls: type, path: str, component: str, cache_dir: str | None = None):
-    """A model saved alone (`save_pretrained`) or as the `component` subfolder of a pipeline folder."""
-    subfolder = component if os.path.isdir(os.path.join(path, component)) else None
-    return model_cls.from_pretrained(path, subfolder=subfolder, cache_dir=cache_dir)

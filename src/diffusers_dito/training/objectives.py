@@ -9,7 +9,7 @@ import torch
 
 from ..losses import dito_flow_matching_loss, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from ..models.autoencoder_dito import AutoencoderDiTo
-from .checkpoints import load_component
+from ..pipelines.loading import load_component
 from .data import seed_from
 
 LOSS_TYPES = ("l2", "laplacian")  # the distillation loss between the student's and the teacher's decodes
