@@ -39,7 +39,7 @@ from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, e
 from diffusers_dito.models.autoencoder_dito import downsample_factor_of
 from diffusers_dito.pipelines.loading import load_component
 from diffusers_dito.training import arguments, performance
-from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
+from diffusers_dito.training.accelerator import create_accelerator, log_reconstructions
 from diffusers_dito.training.checkpoints import run_signature
 from diffusers_dito.training.data import image_training_data, seed_from
 from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
@@ -151,17 +151,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--num_validation_images", type=arguments.positive_int, default=4, help="The first N dataset images."
     )
     arguments.add_tracker_arguments(val, project_name="distill_dito")
-    performance.add_performance_arguments(parser)
-    arguments.add_debug_arguments(parser)
-
-    args = parser.parse_args(input_args)
-    _check_args(args, parser)
-    return args
+    return arguments.parse(parser, input_args, check=_check_args)
 
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Every argument error, reported at start-up (before any data or model is loaded)."""
-    arguments.check_data_source(args, parser)
+    """This script's own argument errors, reported at start-up (before any data or model is loaded)."""
     if not 0.0 <= args.data_loss_weight < float("inf"):
         parser.error(f"--data_loss_weight must be a finite number >= 0, got {args.data_loss_weight}.")
     if not 0.0 <= args.swd_loss_weight < float("inf"):
@@ -211,15 +205,10 @@ def log_validation(student, teacher, images, args, accelerator, global_step: int
             recon = student.decode(latents, generator=generator).sample  # its config's student_steps
     finally:
         student.decoder_unet.train()
-    mse = ((recon.float() - images.float()) / 2).pow(2).mean(dim=(1, 2, 3))  # (N,), on the [0, 1] scale
-    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
-    rows = torch.cat([images.float().cpu(), targets.float().cpu(), recon.float().cpu()], dim=3)  # (N, 3, R, 3R)
     caption = f"original | teacher ({teacher_steps} steps) | student ({args.student_steps})"
-    grid = to_uint8(torch.cat(list(rows), dim=1))  # (N·R, 3R, 3)
-    save_validation_grid(accelerator, grid, args.output_dir, global_step, "validation/decodes", caption)
-    accelerator.log({"validation/psnr": psnr}, step=global_step)
-    logger.info(f"step {global_step}: validation PSNR of the student {psnr:.2f} dB ({len(images)} images)")
-    return psnr
+    return log_reconstructions(
+        accelerator, images, [targets, recon], args.output_dir, global_step, "validation/decodes", caption
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- main

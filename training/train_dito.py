@@ -29,7 +29,7 @@ from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES
 from diffusers_dito.models.autoencoder_dito import downsample_factor_of
 from diffusers_dito.pipelines.loading import load_component
 from diffusers_dito.training import arguments, performance
-from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
+from diffusers_dito.training.accelerator import create_accelerator, log_reconstructions
 from diffusers_dito.training.checkpoints import run_signature
 from diffusers_dito.training.data import image_training_data, seed_from
 from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
@@ -127,17 +127,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         target_modules="conv1,conv2,time_emb_proj",
         target_help="Comma-separated module names inside vae.decoder_unet.",
     )
-    performance.add_performance_arguments(parser)
-    arguments.add_debug_arguments(parser)
-
-    args = parser.parse_args(input_args)
-    _check_args(args, parser)
-    return args
+    return arguments.parse(parser, input_args, check=_check_args)
 
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Every argument error, reported at start-up (before any data or model is loaded)."""
-    arguments.check_data_source(args, parser)
+    """This script's own argument errors, reported at start-up (before any data or model is loaded)."""
     if not 0.0 <= args.noise_sync_prob <= 1.0:
         parser.error(f"--noise_sync_prob must be in [0, 1], got {args.noise_sync_prob}.")
     if not args.lpips_weight >= 0:
@@ -194,17 +188,10 @@ def log_validation(vae, images, args, accelerator, global_step: int) -> float:
     with accelerator.autocast():
         latents = vae.encode(images).latents
         recon = vae.decode(latents, num_inference_steps=args.validation_inference_steps, generator=generator).sample
-    mse = ((recon.float() - images.float()) / 2).pow(2).mean(dim=(1, 2, 3))  # (N,), on the [0, 1] scale
-    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
-
-    pairs = torch.cat([images.float().cpu(), recon.float().cpu()], dim=3)  # (N, 3, R, 2R): original | recon
-    grid = to_uint8(torch.cat(list(pairs), dim=1))  # (N*R, 2R, 3)
-    save_validation_grid(
-        accelerator, grid, args.output_dir, global_step, "validation/reconstructions", "original | reconstruction"
+    caption = "original | reconstruction"
+    return log_reconstructions(
+        accelerator, images, [recon], args.output_dir, global_step, "validation/reconstructions", caption
     )
-    accelerator.log({"validation/psnr": psnr}, step=global_step)
-    logger.info(f"step {global_step}: validation PSNR {psnr:.2f} dB ({len(images)} images)")
-    return psnr
 
 
 # ---------------------------------------------------------------------------------------------------------- main

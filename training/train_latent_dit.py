@@ -33,7 +33,7 @@ from diffusers_dito import (
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.models.autoencoder_dito import downsample_factor_of
 from diffusers_dito.pipelines.loading import load_component, local_model_config
-from diffusers_dito.training import arguments, latent_cache, performance
+from diffusers_dito.training import arguments, latent_cache
 from diffusers_dito.training.accelerator import create_accelerator, save_validation_grid, to_uint8
 from diffusers_dito.training.checkpoints import run_signature
 from diffusers_dito.training.data import (
@@ -119,17 +119,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         target_modules="to_q,to_k,to_v,to_out.0",
         target_help="Comma-separated module names inside the transformer blocks.",
     )
-    performance.add_performance_arguments(parser)
-    arguments.add_debug_arguments(parser)
-
-    args = parser.parse_args(input_args)
-    _check_args(args, parser)
-    return args
+    return arguments.parse(parser, input_args, check=_check_args)
 
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Every argument error, reported at start-up (before any data or model is loaded)."""
-    arguments.check_data_source(args, parser)
+    """This script's own argument errors, reported at start-up (before any data or model is loaded)."""
     if not 0.0 <= args.class_dropout_prob < 1.0:
         parser.error(f"--class_dropout_prob must be in [0, 1), got {args.class_dropout_prob}.")
     if args.validation_guidance_scale < 1.0:

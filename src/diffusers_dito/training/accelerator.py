@@ -152,6 +152,29 @@ class StepStatistics:
         return logs
 
 
+def log_reconstructions(
+    accelerator: Accelerator,
+    images: torch.Tensor,
+    decodes: list[torch.Tensor],
+    output_dir: str,
+    global_step: int,
+    tag: str,
+    caption: str,
+) -> float:
+    """Validation of a decoder: the PSNR of the last of `decodes` against `images` (each (N, 3, R, R) in [-1, 1]),
+    logged as `validation/psnr`, and a grid of rows (image | decode | ...) saved by `save_validation_grid`. Returns
+    the PSNR in dB."""
+    reconstruction = decodes[-1]
+    mse = ((reconstruction.float() - images.float()) / 2).pow(2).mean(dim=(1, 2, 3))  # (N,), on the [0, 1] scale
+    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
+    rows = torch.cat([x.float().cpu() for x in (images, *decodes)], dim=3)  # (N, 3, R, K·R)
+    grid = to_uint8(torch.cat(list(rows), dim=1))  # (N·R, K·R, 3)
+    save_validation_grid(accelerator, grid, output_dir, global_step, tag, caption)
+    accelerator.log({"validation/psnr": psnr}, step=global_step)
+    logger.info(f"step {global_step}: validation PSNR {psnr:.2f} dB ({len(images)} images, {caption})")
+    return psnr
+
+
 def save_validation_grid(
     accelerator: Accelerator, grid: np.ndarray, output_dir: str, global_step: int, tag: str, caption: str
 ) -> None:

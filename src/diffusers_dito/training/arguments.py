@@ -15,6 +15,7 @@ from diffusers.utils import is_wandb_available
 
 from ..models.autoencoder_dito import AutoencoderDiTo
 from ..pipelines.loading import local_model_config
+from . import performance
 from .checkpoints import COMPLETE_MARKER, is_complete_checkpoint
 from .data import SMALL_IMAGE_POLICIES
 from .reliability import EXIT_CODE_SIGTERM
@@ -201,6 +202,18 @@ def lora_target_names(target_modules: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ start-up checks
+def parse(parser: argparse.ArgumentParser, input_args: list[str] | None, check) -> argparse.Namespace:
+    """Add the flags every script ends with (speed, and the tests' hidden ones), parse `input_args`, then check the
+    data source and run the script's own start-up checks, `check(args, parser)`: every usage error is reported before
+    any data or model is loaded."""
+    performance.add_performance_arguments(parser)
+    add_debug_arguments(parser)
+    args = parser.parse_args(input_args)
+    check_data_source(args, parser)
+    check(args, parser)
+    return args
+
+
 def check_data_source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if (args.train_data_dir is None) == (args.dataset_name is None):
         parser.error("give exactly one of --train_data_dir and --dataset_name.")

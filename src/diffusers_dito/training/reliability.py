@@ -1,7 +1,7 @@
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
 """What keeps a long run alive, or stops it with a clear message: pre-emption (SIGTERM), runs of non-finite steps,
 and data that is mostly unreadable. The loop calls these at every step boundary; docs/reliability.md tells the whole
-story (atomic checkpoints live in checkpointing.py).
+story (atomic checkpoints live in checkpoints.py).
 """
 
 import atexit
