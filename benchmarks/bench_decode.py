@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-from common import count_flops, interleaved_medians, machine_info, markdown_table, write_json
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
+from diffusers_dito.benchmarking import count_flops, interleaved_medians, machine_info, markdown_table, write_json
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
 
 STUDENT_SPEED_OPTIONS = ("eager", "channels_last", "compile")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import interleaved_medians, machine_info, markdown_table, write_json
+from diffusers_dito.benchmarking import interleaved_medians, machine_info, markdown_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> the command line after the interpreter. A script's `--help` imports everything the script imports.

@@ -21,8 +21,8 @@ import sys
 
 import torch
 
-from common import machine_info, markdown_table, write_json
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo
+from diffusers_dito.benchmarking import machine_info, markdown_table, write_json
 
 
 def parse_args(argv=None):

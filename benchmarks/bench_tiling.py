@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from common import machine_info, markdown_table, write_json
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo
+from diffusers_dito.benchmarking import machine_info, markdown_table, write_json
 from diffusers_dito.metrics import psnr
 from diffusers_dito.models.tiling import tile_border_gradient_ratio
 from diffusers_dito.pipelines.loading import load_component

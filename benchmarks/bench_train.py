@@ -26,19 +26,21 @@ from pathlib import Path
 
 import torch
 
-from common import (
+from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
+from diffusers_dito.benchmarking import (
     count_flops,
     interleaved_medians,
     machine_info,
     markdown_table,
     matmul_peak_flops,
-    run_training_script,
+    run_script,
     write_json,
 )
-from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
 from diffusers_dito.sample_data import write_photo_crops
 from diffusers_dito.training.objectives import DiToTrainingObjective
 from diffusers_dito.training.performance import optimizer_kwargs
+
+TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"  # run as a user runs them
 
 VARIANTS = ("fp32", "channels_last", "adamw_foreach", "adamw_fused", "bf16_autocast", "compile")
 # Operator kinds of the profile: the first kind with a pattern inside the operator's name wins.
@@ -75,7 +77,7 @@ def script_seconds(data_dir: Path, out_dir: Path, steps: int, args) -> float:
         "--checkpointing_steps", "1000000", "--validation_steps", "1000000", "--output_dir", str(out_dir),
         "--dataloader_num_workers", "0", "--seed", "0",
     ]  # fmt: skip
-    return run_training_script("train_dito.py", argv, threads=torch.get_num_threads())
+    return run_script(TRAINING_SCRIPTS / "train_dito.py", argv, threads=torch.get_num_threads())
 
 
 def training_step(args, device: torch.device, variant: str) -> Callable[[], None]:

@@ -26,11 +26,13 @@ import numpy as np
 import torch
 
 import bench_decode
-from common import machine_info, markdown_table, run_training_script, write_json
+from diffusers_dito.benchmarking import machine_info, markdown_table, run_script, write_json
 from diffusers_dito.metrics import psnr
 from diffusers_dito.metrics.swd import laplacian_pyramid
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
 from diffusers_dito.training.evaluation import labelled_grid, list_image_files, load_image, load_images
+
+TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"  # run as a user runs them
 
 TEACHER_MANY_STEPS = 50  # the paper's decoding steps
 FIGURE_CELL = 96  # px: smaller images are enlarged to at least this in the figure
@@ -76,7 +78,8 @@ def evaluate(model: str, steps: int, args, name: str) -> dict:
     """evaluate_dito.py's metrics of `model` decoded with `steps` Euler steps (no sweep), run as a user runs it."""
     output_dir = Path(args.output_dir) / name
     argv = ["--model", str(model), "--data_dir", str(args.data_dir), "--steps", str(steps), "--skip_sweep"]
-    run_training_script("evaluate_dito.py", [*argv, "--seed", str(args.seed), "--output_dir", str(output_dir)])
+    argv += ["--seed", str(args.seed), "--output_dir", str(output_dir)]
+    run_script(TRAINING_SCRIPTS / "evaluate_dito.py", argv)
     result = json.loads((output_dir / "metrics.json").read_text())
     levels = sorted((k for k in result if k.startswith("swd_")), key=lambda k: -int(k.split("_")[1]))  # finest first
     return {key: result.get(key) for key in ("psnr", "ssim", "swd", *levels, "hf_energy_ratio")}

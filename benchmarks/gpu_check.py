@@ -48,8 +48,15 @@ import torch
 import torch.nn.functional as F
 
 from bench_decode import count, sd_vae_layout_kl
-from common import count_flops, interleaved_medians, machine_info, markdown_table, matmul_peak_flops, sync
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
+from diffusers_dito.benchmarking import (
+    count_flops,
+    interleaved_medians,
+    machine_info,
+    markdown_table,
+    matmul_peak_flops,
+    sync,
+)
 
 
 # ------------------------------------------------------------------------------------------------------------ sizes

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from common import machine_info, markdown_table, run_training_script, write_json
 from diffusers_dito import DITO_PRESETS
+from diffusers_dito.benchmarking import machine_info, markdown_table, run_script, write_json
 from diffusers_dito.sample_data import write_photo_crops
+
+TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"  # run as a user runs them
 
 MIB = 2**20
 # The size of the tests' models: the soak is about what surrounds the network, which this keeps cheap.
@@ -71,7 +73,7 @@ def run_training(data_dir: Path, out_dir: Path, args) -> tuple[list[int], float]
         "--num_validation_images", "4", "--output_dir", str(out_dir / "run"), "--cache_dir", str(out_dir / "cache"),
         "--report_to", "tensorboard", "--seed", "0", "--debug_dump_dir", str(out_dir / "dump"),
     ]  # fmt: skip
-    seconds = run_training_script("train_dito.py", argv, threads=args.threads)
+    seconds = run_script(TRAINING_SCRIPTS / "train_dito.py", argv, threads=args.threads)
     dump = json.loads((out_dir / "dump" / "rank0.json").read_text())
     return dump["rss_bytes"], seconds
 

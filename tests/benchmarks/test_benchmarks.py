@@ -48,7 +48,7 @@ def run_main(tmp_path, capsys, monkeypatch, torch_state):
     diffusers (11-13 s on a slow CPU), so the scripts that only orchestrate (or start their own measuring
     subprocesses, as bench_memory does on CPU) run their `main` here, under `torch_state`."""
 
-    def run_in_process(script: str, *argv: str, siblings: tuple[str, ...] = ("common",)) -> dict:
+    def run_in_process(script: str, *argv: str, siblings: tuple[str, ...] = ()) -> dict:
         module = load_benchmark(script, siblings)
         out = tmp_path / "result.json"
         monkeypatch.chdir(tmp_path)
@@ -112,13 +112,6 @@ def test_bench_decode_speed_options_treat_both_sides_alike():
         assert torch.equal(other.decoder.conv_in.weight, weight)
         assert (other.decoder._compiled_call_impl is not None) == (option == "compile")
     assert weight.is_contiguous() and kl.decoder._compiled_call_impl is None
-
-
-def test_markdown_table_aligns_rows_whose_keys_differ():
-    # The distillation report's student rows carry a column per speed option that the teacher rows lack.
-    common = load_benchmark("common.py", siblings=())
-    table = common.markdown_table([{"a": 1, "b": 0.5}, {"a": 2, "c": "x", "b": 0.123456}])
-    assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1 | 0.5 |  |", "| 2 | 0.1235 | x |"]
 
 
 def test_bench_import(tmp_path):
@@ -186,32 +179,10 @@ def test_bench_train(run_main):
         assert math.isfinite(result[key]), key
 
 
-def test_reproduction_script_runs_tiny_with_seeds_and_verdicts(tmp_path):
-    argv = ["--output_dir", str(tmp_path / "out"), "--num_train_crops", "24", "--num_held_out_crops", "8"]
-    argv += ["--steps", "2", "--batch_size", "4", "--dit_steps", "2", "--samples_per_class", "2"]
-    argv += ["--decode_steps", "1", "--seeds", "0", "1", "--sweep_learning_rates", "1e-3", "2e-3", "--workers", "2"]
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "reproduce_small_scale.py"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "results.json").read_text())
-    names = {"sweep", "dito", "ae", "dito_p0", "dito_small", "dito_large"}
-    assert {r["name"] for r in report["runs"]} == names
-    assert {r["seed"] for r in report["runs"] if r["name"] == "ae"} == {0, 1}
-    assert set(report["verdicts"]) == {"a", "b", "c"}
-    assert all(v in ("held", "did not hold", "inconclusive") for v in report["verdicts"].values())
-    assert report["learning_rate"] in (1e-3, 2e-3)
-    for figure in ("claim_a.png", "claim_a_examples.png", "claim_b.png", "claim_c.png", "claim_c_samples.png"):
-        assert (tmp_path / "out" / figure).exists(), figure
-    assert "±" in (tmp_path / "out" / "report.md").read_text()
-
-
-# ---------------------------------------------------------------------------------------- choose_decode_defaults.py
-def load_benchmark(script: str, siblings: tuple[str, ...] = ("common",)):
-    """A benchmark script as a module; it imports its `siblings` from benchmarks/ as it does when run from there."""
+def load_benchmark(script: str, siblings: tuple[str, ...] = ()):
+    """A benchmark script as a module. Its shared helpers come from the package (`diffusers_dito.benchmarking`); the
+    `siblings` it imports from benchmarks/ (`bench_decode`), as a script run from there finds them, are found here
+    through benchmarks/ on sys.path for the duration of the import."""
     had = {name for name in siblings if name in sys.modules}
     sys.path.insert(0, str(BENCHMARKS))
     try:
@@ -222,82 +193,8 @@ def load_benchmark(script: str, siblings: tuple[str, ...] = ("common",)):
     finally:
         sys.path.remove(str(BENCHMARKS))
         for name in set(siblings) - had:
-            sys.modules.pop(name, None)  # another folder's `common` must not find this one
+            sys.modules.pop(name, None)
     return module
-
-
-@pytest.fixture(scope="module")
-def choose():
-    return load_benchmark("choose_decode_defaults.py")
-
-
-def sweep_row(sampler: str, shift: float, steps: int, psnr: float, swd: float | None) -> dict:
-    nfe = steps if sampler == "euler" else 2 * steps - 1
-    return {"sampler": sampler, "shift": shift, "steps": steps, "nfe": nfe, "psnr": psnr, "swd": swd}
-
-
-REFERENCE = ("euler", 1.0, 50)
-
-
-def test_choose_default_skips_cheaper_points_with_worse_swd_or_too_low_psnr(choose):
-    rows = [
-        sweep_row("euler", 1.0, 50, psnr=30.0, swd=0.020),
-        sweep_row("euler", 1.0, 2, psnr=29.95, swd=0.021),  # cheapest, PSNR fine, but SWD worse
-        sweep_row("euler", 1.0, 4, psnr=29.6, swd=0.010),  # SWD better, but 0.4 dB below
-        sweep_row("heun", 3.0, 4, psnr=29.71, swd=0.020),  # 7 NFE, SWD equal: no worse
-        sweep_row("euler", 3.0, 16, psnr=30.1, swd=0.015),  # better, but dearer
-    ]
-    assert choose.point_of(choose.choose_default(rows, REFERENCE, psnr_tolerance=0.3)) == ("heun", 3.0, 4)
-    # a tolerance of 0.5 dB lets the 4-step Euler in
-    assert choose.point_of(choose.choose_default(rows, REFERENCE, psnr_tolerance=0.5)) == ("euler", 1.0, 4)
-    # nothing cheaper qualifies: the reference itself
-    assert choose.point_of(choose.choose_default(rows[:3], REFERENCE, psnr_tolerance=0.3)) == REFERENCE
-
-
-def test_choose_default_breaks_ties_on_nfe_by_higher_psnr(choose):
-    rows = [
-        sweep_row("euler", 1.0, 50, psnr=30.0, swd=0.020),
-        sweep_row("euler", 1.0, 8, psnr=29.8, swd=0.019),
-        sweep_row("euler", 3.0, 8, psnr=29.9, swd=0.020),
-    ]
-    for ordered in (rows, rows[::-1]):
-        assert choose.point_of(choose.choose_default(ordered, REFERENCE, psnr_tolerance=0.3)) == ("euler", 3.0, 8)
-
-
-def test_choose_default_needs_the_reference_point_and_its_swd(choose):
-    rows = [sweep_row("euler", 1.0, 25, psnr=30.0, swd=0.02), sweep_row("euler", 3.0, 50, psnr=30.0, swd=0.02)]
-    expected = r"no row for the reference euler, shift 1, 50 steps \(it has euler, shift 1: 25 steps; euler, shift 3"
-    with pytest.raises(ValueError, match=expected):
-        choose.choose_default(rows, REFERENCE, psnr_tolerance=0.3)
-    with pytest.raises(ValueError, match="has no SWD"):
-        choose.choose_default([sweep_row("euler", 1.0, 50, psnr=30.0, swd=None)], REFERENCE, psnr_tolerance=0.3)
-
-
-def test_choose_decode_defaults_reads_an_evaluate_dito_metrics_json(choose, tmp_path):
-    rows = [
-        sweep_row("euler", 1.0, 50, psnr=30.0, swd=0.020),
-        sweep_row("euler", 1.0, 4, psnr=28.0, swd=0.040),
-        sweep_row("heun", 3.0, 8, psnr=29.9, swd=0.018),
-        sweep_row("euler", 3.0, 25, psnr=30.2, swd=0.017),
-    ]
-    for row in rows:
-        row.update(ssim=0.9, hf_energy_ratio=0.95, seconds=1.0)
-    metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"psnr": 30.0, "scheduler_shift": 1.0, "sweep": rows}))
-    result = run("choose_decode_defaults.py", "--metrics", str(metrics), tmp_path=tmp_path)
-    assert (result["chosen"]["sampler"], result["chosen"]["shift"], result["chosen"]["steps"]) == ("heun", 3.0, 8)
-    assert result["reference"]["steps"] == 50 and "0.3 dB" in result["rule"]
-    assert [row["nfe"] for row in result["rows"]] == [4, 15, 25, 50]  # sorted by NFE
-    assert [row["mark"] for row in result["rows"]] == ["", "chosen", "", "reference"]
-    assert [row["verdict"] for row in result["rows"]] == ["PSNR -2.00 dB", "ok", "ok", "ok"]
-
-    # in-process: a reference that the sweep lacks stops with one line saying what was expected
-    with pytest.raises(SystemExit, match="no row for the reference heun, shift 1, 50 steps") as exit_info:
-        choose.main(choose.parse_args(["--metrics", str(metrics), "--reference_sampler", "heun"]))
-    assert "\n" not in str(exit_info.value.code)
-    metrics.write_text(json.dumps({"sweep": []}))
-    with pytest.raises(SystemExit, match="no sweep rows"):
-        choose.main(choose.parse_args(["--metrics", str(metrics)]))
 
 
 def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_main):
@@ -325,7 +222,7 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_
         "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data),
         "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--timing_batch_size", "1", "--spread_seeds", "7",
         "--decode_speed_options", "eager", "channels_last",
-        siblings=("common", "bench_decode"),
+        siblings=("bench_decode",),
     )  # fmt: skip
     assert [(r["model"], r["steps"]) for r in result["rows"]] == [
         ("teacher", 50), ("teacher", 2), ("teacher", 1), ("student 0", 1)
@@ -350,7 +247,7 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_
     assert spread["student 0"]["psnr"][0] == student["psnr"] != spread["student 0"]["psnr"][1]  # seed 0, then 7
     assert spread["student 0"]["psnr_std"] > 0 and spread["student 0"]["swd_mean"] is None  # no SWD at 2 × 16²
     # --figure_only draws the same figure again and nothing else
-    report = load_benchmark("distillation_report.py", siblings=("common", "bench_decode"))
+    report = load_benchmark("distillation_report.py", siblings=("bench_decode",))
     argv = ["--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data)]
     redrawn = report.main(report.parse_args([*argv, "--output_dir", str(tmp_path / "again"), "--figure_only"]))
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["decodes.png"]
@@ -398,7 +295,7 @@ def test_gpu_check_dry_run_writes_every_section(gpu_check, tmp_path, torch_state
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    return load_benchmark("gpu_check.py", siblings=("common", "bench_decode"))
+    return load_benchmark("gpu_check.py", siblings=("bench_decode",))
 
 
 def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(
@@ -429,106 +326,3 @@ def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(report, default=str))
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "RuntimeError: boom" in markdown and ": timeout" in markdown and ": skipped" in markdown
-
-
-# ------------------------------------------------------------------------------------------------- distill_recipes.py
-def test_distill_recipes_caches_the_teachers_pairs_once_and_scores_each_variant(tmp_path, capsys):
-    import numpy as np
-    import PIL.Image
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from conftest import tiny_dito_config
-    from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss
-
-    recipes = load_benchmark("distill_recipes.py", siblings=())
-    demo = tmp_path / "demo"  # what training/demo.py leaves: pipeline/ and data/{train,held_out}/
-    torch.manual_seed(0)
-    vae = AutoencoderDiTo(**tiny_dito_config(num_inference_steps=2))
-    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(demo / "pipeline")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("held_out", 2)):
-        (demo / "data" / split).mkdir(parents=True)
-        for i in range(n):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            PIL.Image.fromarray(pixels).save(demo / "data" / split / f"{i}.png")
-    argv = ["--demo_dir", str(demo), "--output_dir", str(tmp_path / "out"), "--pairs", "4", "--batch_size", "2"]
-    argv += ["--teacher_steps", "2", "--steps", "3", "--eval_every", "2"]
-
-    first = recipes.main(recipes.parse_args([*argv, "--name", "l2"]))
-    assert "cached 4 pairs" in capsys.readouterr().out
-    assert [row["step"] for row in first["history"]] == [2, 3]  # every --eval_every steps, and the last
-    keys = ("psnr", "swd", "fine", "coarse", "psnr_to_teacher")
-    assert all(math.isfinite(row[key]) for row in first["history"] for key in keys)
-    laplacian = ["--name", "laplacian", "--loss", "laplacian", "--fine_weight", "4"]
-    second = recipes.main(recipes.parse_args([*argv, *laplacian]))
-    assert "cached" not in capsys.readouterr().out  # the second variant reads the first one's teacher decodes
-    assert json.loads((tmp_path / "out" / "laplacian.json").read_text())["history"] == second["history"]
-    assert second["history"][-1]["psnr"] != first["history"][-1]["psnr"]  # the loss reached the student
-    third = recipes.main(recipes.parse_args([*argv, *laplacian[2:], "--name", "swd", "--swd_weight", "10"]))
-    assert third["history"][-1]["psnr"] != second["history"][-1]["psnr"]  # so did the fresh-noise SWD term
-
-    # Its `laplacian` loss is the batch mean of diffusers_dito.laplacian_l2_loss, summed as the recorded runs were.
-    a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
-    args = recipes.parse_args([*argv, *laplacian])
-    torch.testing.assert_close(recipes.distance(a, b, args), laplacian_l2_loss(a, b, fine_weight=4.0).mean())
-
-
-# ----------------------------------------------------------------------------------------------- bench_distill_step.py
-def test_bench_distill_step_times_every_recipe_against_the_plain_step(tmp_path):
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from conftest import tiny_dito_config
-    from diffusers_dito import AutoencoderDiTo, DiToPipeline
-
-    torch.manual_seed(0)
-    vae = AutoencoderDiTo(**tiny_dito_config(num_inference_steps=2))
-    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "teacher")
-    bench = load_benchmark("bench_distill_step.py")
-    argv = ["--teacher", str(tmp_path / "teacher"), "--resolution", "16", "--batch_size", "2", "--repeats", "1"]
-    result = bench.main(bench.parse_args([*argv, "--warmup", "0", "--json", str(tmp_path / "out.json")]))
-    assert [row["recipe"] for row in result["rows"]] == list(bench.RECIPES)
-    assert result["rows"][0]["time_vs_plain"] == 1.0
-    assert all(finite_positive(row["step_s"]) and finite_positive(row["time_vs_plain"]) for row in result["rows"])
-    assert json.loads((tmp_path / "out.json").read_text())["rows"] == result["rows"]
-    with pytest.raises(SystemExit) as error:  # argparse's usage error: one line, exit code 2
-        bench.parse_args([*argv, "--recipes", "data", "plain"])
-    assert error.value.code == 2
-
-
-# ---------------------------------------------------------------------------------------------- distill_noise_check.py
-def test_distill_noise_check_decodes_teacher_and_student_from_the_same_noise(tmp_path):
-    import numpy as np
-    import PIL.Image
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from conftest import tiny_dito_config
-    from diffusers_dito import AutoencoderDiTo, DiToPipeline
-
-    torch.manual_seed(0)
-    vae = AutoencoderDiTo(**tiny_dito_config(num_inference_steps=2))
-    DiToPipeline(vae=vae, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "teacher")
-    vae.save_pretrained(tmp_path / "same")  # a bare AutoencoderDiTo folder, the teacher's weights and steps
-    vae.register_to_config(num_inference_steps=1)
-    vae.save_pretrained(tmp_path / "one_step")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("held_out", 2)):
-        (tmp_path / split).mkdir()
-        for i in range(n):
-            PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
-    argv = ["--teacher", str(tmp_path / "teacher"), "--train_dir", str(tmp_path / "train")]
-    argv += ["--held_out_dir", str(tmp_path / "held_out"), "--num_pairs", "4", "--sample", "2"]
-    check = load_benchmark("distill_noise_check.py")
-
-    same = check.main(check.parse_args([*argv, "--student", str(tmp_path / "same")]))
-    assert [row["images"] for row in same["rows"]] == [2, 2, 2]  # 2 of the 4 cached pairs, then the held-out crops
-    # The same network at the same steps, from the same noise: the decodes are identical in every case.
-    assert all(row["student_to_teacher_psnr"] == math.inf for row in same["rows"])
-    one_step = check.main(
-        check.parse_args([*argv, "--student", str(tmp_path / "one_step"), "--json", str(tmp_path / "out.json")])
-    )
-    assert (one_step["teacher_steps"], one_step["student_steps"]) == (2, 1)
-    assert all(math.isfinite(row["student_to_teacher_psnr"]) for row in one_step["rows"])
-    assert json.loads((tmp_path / "out.json").read_text())["rows"] == one_step["rows"]

@@ -1,7 +1,9 @@
-"""Shared helpers for the benchmark scripts: timing, device sync, markdown tables and JSON output.
+# Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
+"""What the scripts in `benchmarks/` and `experiments/` share: timing, FLOP counting, the machine's description,
+markdown tables, JSON output, and running a script in a fresh process.
 
-Machines here are noisy, so every script measures the things it compares side by side in one run, interleaved,
-and reports ratios of medians. Absolute times are printed for context only.
+Shared machines are noisy, so a benchmark measures the things it compares side by side in one run, interleaved
+(`interleaved_medians`), and reports ratios of medians; absolute times are printed for context only.
 """
 
 import json
@@ -18,29 +20,33 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusers_dito.training.performance import BF16_CPU_FLAGS, cpu_flags, cpu_info  # the training scripts' CPU probe
-
-TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"
+from .training.performance import BF16_CPU_FLAGS, cpu_flags, cpu_info  # the training scripts' CPU probe
 
 
-def run_training_script(script: str, argv: list[str], threads: int | None = None) -> float:
-    """Run `training/<script>` (a training or evaluation script) with `argv` in a fresh Python process, as a user
-    would; returns its wall time (s).
-    Its output is shown only if it fails."""
+def run_script(script: str | Path, argv: list[str], threads: int | None = None) -> float:
+    """Run the Python script `script` (e.g. `training/train_dito.py`) with `argv` in a fresh Python process, as a user
+    would, offline and with `threads` OpenMP threads if given; returns its wall time (s). Its output is shown only if
+    it fails.
+
+        >>> run_script("-c", ["import sys; sys.exit(3)"])
+        Traceback (most recent call last):
+        ...
+        RuntimeError: -c failed (exit code 3):
+        <BLANKLINE>
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, str(TRAINING_SCRIPTS / script), *argv], env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"{script} failed (exit code {result.returncode}):\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"{Path(script).name} failed (exit code {result.returncode}):\n{result.stderr[-4000:]}")
     return seconds
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -103,12 +109,22 @@ def cpu_description() -> str:
 
 
 def machine_info(device: torch.device) -> dict:
+    """torch's version, the device, the thread count and the processor (the GPU's name, or `cpu_description`)."""
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
     info["processor"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     return info
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """`rows` as a markdown table: one column per key, in first-seen order; floats to 4 significant digits; a row
+    without a key leaves its cell empty.
+
+        >>> print(markdown_table([{"a": 1, "b": 0.5}, {"a": 2, "c": "x", "b": 0.123456}]))
+        | a | b | c |
+        |---|---|---|
+        | 1 | 0.5 |  |
+        | 2 | 0.1235 | x |
+    """
     if not rows:
         return ""
     keys = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys, in first-seen order
@@ -120,6 +136,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_json(path: str | None, payload: dict) -> None:
+    """Write `payload` to `path` as indented JSON (creating its folder) and say so; nothing if `path` is None."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))

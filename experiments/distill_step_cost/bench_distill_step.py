@@ -12,8 +12,8 @@ stand in as a fixed tensor (with `--cache_teacher_targets` they are looked up, n
 | `swd_paired` | `--data_loss_weight 0.1 --swd_loss_weight 20 --swd_noise paired` |
 | `swd_fresh` | `--data_loss_weight 0.1 --swd_loss_weight 20 --swd_noise fresh` (a second student decode per step) |
 
-    python benchmarks/bench_distill_step.py --teacher dito-demo/pipeline --resolution 32 --batch_size 16 \
-        --repeats 15 --json docs/results/distillation/step_cost.json
+    python experiments/distill_step_cost/bench_distill_step.py --teacher dito-demo/pipeline --resolution 32 \
+        --batch_size 16 --repeats 15 --json experiments/distill_step_cost/results/step_cost.json
 """
 
 import argparse
@@ -21,7 +21,7 @@ import itertools
 
 import torch
 
-from common import interleaved_medians, machine_info, markdown_table, write_json
+from diffusers_dito.benchmarking import interleaved_medians, machine_info, markdown_table, write_json
 from diffusers_dito.training.objectives import DistillationObjective, build_student
 
 # recipe -> DistillationObjective's keyword arguments beyond the band-weighted loss (the demo's)

@@ -1,4 +1,4 @@
-"""A toy run of the DiTo+LPIPS variant: the main job (`training/demo.py`) with `--lpips_weight`, next to the same job
+r"""A toy run of the DiTo+LPIPS variant: the main job (`training/demo.py`) with `--lpips_weight`, next to the same job
 without it, on the same held-out crops.
 
 No ImageNet backbone can be downloaded here, so by default the LPIPS network gets a **randomly initialised** AlexNet
@@ -6,7 +6,8 @@ No ImageNet backbone can be downloaded here, so by default the LPIPS network get
 perceptual-feature term moves the metrics, but it is not the paper's LPIPS. Give `--lpips_backbone` (torchvision's
 `alexnet-owt-7be5be79.pth` or, with `--lpips_net vgg`, `vgg16-397923af.pth`) for the real one.
 
-    python benchmarks/lpips_toy_run.py --output_dir lpips-toy --json docs/results/lpips_toy_run.json
+    python experiments/lpips_toy_run/lpips_toy_run.py --output_dir lpips-toy \
+        --json experiments/lpips_toy_run/results/lpips_toy_run.json
 """
 
 import argparse
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from common import run_training_script, write_json
+from diffusers_dito.benchmarking import run_script, write_json
 from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES, _lpips_backbone
+
+TRAINING_SCRIPTS = Path(__file__).resolve().parents[2] / "training"  # run as a user runs them
 
 DEMO_MAX_TRAIN_STEPS = 1000  # training/demo.py's default
 
@@ -46,7 +49,7 @@ def random_backbone(folder: Path, net_type: str, seed: int) -> Path:
 
 def run_demo(output_dir: Path, args, lpips: list[str]) -> dict:
     argv = ["--output_dir", str(output_dir), "--max_train_steps", str(args.max_train_steps), "--seed", str(args.seed)]
-    run_training_script("demo.py", argv + lpips)
+    run_script(TRAINING_SCRIPTS / "demo.py", argv + lpips)
     metrics = json.loads((output_dir / "evaluation" / "metrics.json").read_text())
     timing = json.loads((output_dir / "evaluation" / "timing.json").read_text())
     return {**{k: metrics[k] for k in METRICS}, "steps": metrics["steps"], **timing}

@@ -1,4 +1,4 @@
-"""How the distillation recipe was chosen: in-memory distillations of the demo's model into a 1-step student, each
+r"""How the distillation recipe was chosen: in-memory distillations of the demo's model into a 1-step student, each
 scored on the held-out crops every `--eval_every` steps (PSNR, SWD and its two levels, PSNR to the teacher's decode).
 
 The method is `training/distill_dito.py --cache_teacher_targets`: the first `--pairs` training crops, each with noise
@@ -6,14 +6,14 @@ fixed per image (the script's seeds), are decoded once by the teacher in `--teac
 student, initialised from the teacher's decoder, learns to match them in one step; AdamW (weight decay 0.01) with 10
 warm-up steps and a cosine decay, clipping at 1.0, batch 16. The cached pairs are saved in `--cache_dir` and reused by
 later variants. The variants differ in the loss (`--loss`), its finest-band weight, the steps and the data term; the
-runs and their outcome are in docs/distillation.md ("How the recipe was chosen").
+runs and their outcome are in this folder's README.md.
 
     python training/demo.py --output_dir dito-demo    # the teacher and the crops
-    python benchmarks/distill_recipes.py --demo_dir dito-demo --name l2 --loss l2
-    python benchmarks/distill_recipes.py --demo_dir dito-demo --name laplacian4 --loss laplacian --fine_weight 4
+    python experiments/distill_recipes/distill_recipes.py --demo_dir dito-demo --name l2 --loss l2
+    python experiments/distill_recipes/distill_recipes.py --demo_dir dito-demo --name laplacian4 \
+        --loss laplacian --fine_weight 4
 
-This is the exploration script, kept so that its runs can be repeated digit for digit; train students with
-`training/distill_dito.py`.
+It exists so that those runs can be repeated digit for digit; train students with `training/distill_dito.py`.
 """
 
 import argparse

@@ -14,7 +14,7 @@ mean ± std over seeds. The optimiser is the paper's AdamW without gradient clip
 seed 0 by a sweep (`--sweep_learning_rates`), scored on validation crops (held-out cells, another seed than the test
 crops), and the sweep is reported. Jobs run in `--workers` processes of one thread each.
 
-    python benchmarks/reproduce_small_scale.py --output_dir docs/results/reproduction
+    python experiments/reproduce_small_scale/reproduce_small_scale.py   # writes this study's results/
 
 Outputs: `results.json` (every run and the summaries), `report.md` (tables and verdicts), and one figure per claim.
 """
@@ -31,7 +31,6 @@ import numpy as np
 import PIL.Image
 import torch
 
-from common import markdown_table
 from diffusers_dito import (
     DIT_PRESETS,
     DITO_PRESETS,
@@ -40,6 +39,7 @@ from diffusers_dito import (
     dito_flow_matching_loss,
     latent_flow_matching_loss,
 )
+from diffusers_dito.benchmarking import markdown_table
 from diffusers_dito.metrics import (
     compute_generation_metrics,
     high_frequency_energy_ratio,
@@ -58,7 +58,7 @@ WIDTHS = {"small": (16, 32, 48), "base": (32, 64, 96), "large": (48, 96, 144)}
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="docs/results/reproduction")
+    parser.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--num_train_crops", type=int, default=4096)

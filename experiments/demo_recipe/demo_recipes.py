@@ -5,10 +5,10 @@ Each variant trains with `dito_flow_matching_loss` (noise sync 0.1), AdamW (no w
 16, 32² crops (4096 training crops, seed 0), on one thread; two variants run side by side on a 2-core machine, so
 their s/step is comparable with each other, not with the demo's 2-thread run.
 
-    python benchmarks/demo_recipes.py --variant f8c4 --steps 600 &
-    python benchmarks/demo_recipes.py --variant f4c4 --steps 600
-    python benchmarks/demo_recipes.py --variant f4c4_cosine_2e-3 --steps 600 &
-    python benchmarks/demo_recipes.py --variant f4c4_cosine_1e-3 --steps 600
+    python experiments/demo_recipe/demo_recipes.py --variant f8c4 --steps 600 &
+    python experiments/demo_recipe/demo_recipes.py --variant f4c4 --steps 600
+    python experiments/demo_recipe/demo_recipes.py --variant f4c4_cosine_2e-3 --steps 600 &
+    python experiments/demo_recipe/demo_recipes.py --variant f4c4_cosine_1e-3 --steps 600
 """
 
 import argparse
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from common import write_json
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, dito_flow_matching_loss
+from diffusers_dito.benchmarking import write_json
 from diffusers_dito.metrics import high_frequency_energy_ratio, psnr, ssim
 from diffusers_dito.sample_data import split_crops
 

@@ -4,12 +4,12 @@ For each side: high-frequency energy (spectral power per pixel above half the Ny
 high-frequency ratio compares), and the mean and std of each RGB channel in [0, 1]. The two sides must come from the
 same distribution: their high-frequency energy within 1.5× of each other.
 
-    python benchmarks/split_statistics.py --json docs/results/split/statistics.json
+    python experiments/data_split/split_statistics.py --json experiments/data_split/results/statistics.json
 """
 
 import argparse
 
-from common import markdown_table, write_json
+from diffusers_dito.benchmarking import markdown_table, write_json
 from diffusers_dito.sample_data import PHOTOS, split_crops, split_statistics
 
 

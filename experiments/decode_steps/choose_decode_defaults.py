@@ -1,12 +1,13 @@
 """Choose the package's decoding defaults from the quality-vs-NFE sweep of `training/evaluate_dito.py`.
 
-The rule (project issue 7): the fewest network evaluations (NFE) whose PSNR is within `--psnr_tolerance` dB of the
+The rule: the fewest network evaluations (NFE) whose PSNR is within `--psnr_tolerance` dB of the
 reference decode (50-step Euler on the paper's uniform grid, shift 1) and whose SWD is no worse; among points of equal
 NFE the higher PSNR wins. The reference always qualifies, so it is the choice when nothing cheaper does.
 
     python training/evaluate_dito.py --model tiny-dito --data_dir ./val --resolution 32 --output_dir eval \\
         --sweep_steps 1 2 4 8 16 25 50 --sweep_shifts 1 2 3
-    python benchmarks/choose_decode_defaults.py --metrics eval/metrics.json --json out/decode_defaults.json
+    python experiments/decode_steps/choose_decode_defaults.py --metrics eval/metrics.json \\
+        --json out/decode_defaults.json
 """
 
 import argparse
@@ -14,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from common import markdown_table, write_json
+from diffusers_dito.benchmarking import markdown_table, write_json
 
 Point = tuple[str, float, int]  # (sampler, shift, steps)
 

@@ -12,8 +12,9 @@ and reports the student's PSNR to the teacher's decode in each case, with both d
 student much nearer its teacher on the cached draws than on fresh noise has fitted those draws: more noise draws per
 crop (more pairs) is then the lever, rather than more steps over the same pairs.
 
-    python benchmarks/distill_noise_check.py --teacher dito-demo/pipeline --student dito-demo/student \
-        --train_dir dito-demo/data/train --held_out_dir dito-demo/data/held_out --num_pairs 1024 --sample 64
+    python experiments/distill_noise_check/distill_noise_check.py --teacher dito-demo/pipeline \
+        --student dito-demo/student --train_dir dito-demo/data/train --held_out_dir dito-demo/data/held_out \
+        --num_pairs 1024 --sample 64
 """
 
 import argparse
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_json
 from diffusers_dito import AutoencoderDiTo
+from diffusers_dito.benchmarking import markdown_table, write_json
 from diffusers_dito.metrics import psnr
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
 from diffusers_dito.training.data import seed_from
