@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, Encoder
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
@@ -100,6 +101,12 @@ def _check_config(config: dict) -> None:
     for name in ("scaling_factor", "shift_factor"):
         if not math.isfinite(config[name]) or (name == "scaling_factor" and config[name] == 0):
             raise ValueError(f"Config `{name}` must be finite (and the scaling non-zero), got {config[name]!r}.")
+    proj_dim, shift = config.get("decoder_time_proj_dim"), config.get("decoder_freq_shift", 0)
+    if proj_dim is not None and (isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 2):
+        raise ValueError(f"Config `decoder_time_proj_dim` must be None or an int >= 2, got {proj_dim!r}.")
+    half = (proj_dim or list(config["decoder_block_out_channels"])[0]) // 2
+    if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift < half:
+        raise ValueError(f"Config `decoder_freq_shift` must be an int in [0, {half}), got {shift!r}.")
     decoder_factor = 2 ** (len(config["decoder_block_out_channels"]) - 1)  # the decoder UNet's own down-sampling
     if downsample_factor_of(config) % decoder_factor != 0:
         raise ValueError(
@@ -163,6 +170,12 @@ class AutoencoderDiTo(
         decoder_norm_num_groups (`int`, *optional*, defaults to 32): GroupNorm groups in the decoder.
         decoder_time_embedding_dim (`int`, *optional*, defaults to 1280):
             Width of the time embedding (the consistency decoder uses 1280); `None` means `4 * c0`.
+        decoder_time_proj_dim (`int`, *optional*, defaults to `None`):
+            Width of the sinusoidal timestep projection that feeds the time embedding; `None` means c0, as in
+            `UNet2DModel`. The official DiTo decoders use 320 at every size (`pe_dim`).
+        decoder_freq_shift (`int`, *optional*, defaults to 0):
+            `downscale_freq_shift` of that sinusoid: frequencies `10000^(-i / (half - shift))`, cosines first. The
+            official decoders use 1, i.e. `(1e-4)^(i / (half - 1))`; 0 is `UNet2DModel`'s default.
         decoder_add_attention (`bool`, *optional*, defaults to `False`): Attention in the decoder's mid block.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6): Epsilon of the latent layer norm.
         num_inference_steps (`int`, *optional*, defaults to 50):
@@ -205,6 +218,8 @@ class AutoencoderDiTo(
         decoder_layers_per_block: int = 3,
         decoder_norm_num_groups: int = 32,
         decoder_time_embedding_dim: int | None = 1280,
+        decoder_time_proj_dim: int | None = None,
+        decoder_freq_shift: int = 0,
         decoder_add_attention: bool = False,
         layer_norm_eps: float = 1e-6,
         num_inference_steps: int = 50,
@@ -238,10 +253,18 @@ class AutoencoderDiTo(
             time_embedding_type="positional",
             time_embedding_dim=decoder_time_embedding_dim,
             flip_sin_to_cos=True,
-            freq_shift=0,
+            freq_shift=decoder_freq_shift,
             resnet_time_scale_shift="scale_shift",
             add_attention=decoder_add_attention,
         )
+        c0 = decoder_block_out_channels[0]
+        if decoder_time_proj_dim is not None and decoder_time_proj_dim != c0:
+            # UNet2DModel ties the sinusoid's width to c0; the official DiTo-B/L decoders use a 320-wide one. Only its
+            # width differs, so diffusers' own `Timesteps` and `TimestepEmbedding` are built at that width instead.
+            self.decoder_unet.time_proj = Timesteps(decoder_time_proj_dim, True, decoder_freq_shift)
+            self.decoder_unet.time_embedding = TimestepEmbedding(
+                decoder_time_proj_dim, decoder_time_embedding_dim or 4 * c0
+            )
         # Not saved with the weights: any diffusers FlowMatch* scheduler may be swapped in (`vae.scheduler = ...`).
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
         self.use_slicing = False

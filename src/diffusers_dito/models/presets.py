@@ -1,7 +1,9 @@
 """Size presets for [`AutoencoderDiTo`], as `config.json`-compatible dicts.
 
-Use them as `AutoencoderDiTo.from_config(DITO_PRESETS[name])`. The B/L/XL decoders match the paper's parameter
-counts (162.8M, 338.5M, 620.9M) to within 0.2%; `tests/models/test_presets.py` checks it on the meta device.
+Use them as `AutoencoderDiTo.from_config(DITO_PRESETS[name])`. The B/L/XL presets are the official architecture
+(github.com/yinboc/dito, `configs/experiments/dito-{B,L,XL}-f8c4.yaml`): their decoders have exactly the official
+parameter counts (162.780M, 338.524M, 620.941M), which `tests/models/test_presets.py` checks on the meta device, and
+`scripts/convert_dito_to_diffusers.py` loads official checkpoints into them (docs/conversion.md).
 """
 
 # The SD-VAE f8c4 encoder shared by every paper-sized preset: 4 levels (3 down-samplings), 2 ResNets per level.
@@ -16,12 +18,16 @@ _SD_VAE_F8C4_ENCODER = {
 
 
 def _paper_decoder(c0: int, c1: int, c2: int) -> dict:
-    # Consistency-decoder layout: widths (c0, c1, c2, c2), 3 ResNets per level, 1280-d time embedding.
+    # Consistency-decoder layout: widths (c0, c1, c2, c2), 3 ResNets per level, a 1280-d time embedding read from a
+    # 320-wide sinusoid with frequencies (1e-4)^(i / (160 - 1)), and the official latent layer norm's eps.
     return {
         "decoder_block_out_channels": (c0, c1, c2, c2),
         "decoder_layers_per_block": 3,
         "decoder_norm_num_groups": 32,
         "decoder_time_embedding_dim": 1280,
+        "decoder_time_proj_dim": 320,
+        "decoder_freq_shift": 1,
+        "layer_norm_eps": 1e-5,
     }
 
 
@@ -41,11 +47,11 @@ DITO_PRESETS: dict[str, dict] = {
         "decoder_layers_per_block": 2,
         "decoder_norm_num_groups": 16,
         "decoder_time_embedding_dim": 128,
-        # Chosen by issue 7's rule on the NFE curve of a 3000-step dito-tiny (docs/benchmarks.md): 4 Euler steps on
-        # the uniform grid are the fewest NFE within 0.3 dB PSNR of 50-step Euler with no worse SWD.
+        # The fewest Euler steps on the uniform grid within 0.3 dB PSNR of a 50-step decode with no worse SWD, on the
+        # quality-against-NFE curve of a 3000-step dito-tiny (docs/benchmarks.md).
         "num_inference_steps": 4,
     },
-    # The demo's model (issue 11): dito-tiny's widths with one down-sampling level fewer, so a 32² crop gets an 8×8×4
+    # The demo's model: dito-tiny's widths with one down-sampling level fewer, so a 32² crop gets an 8×8×4
     # latent (12× compression, against 48× for f8c4). At the CPU budget of the demo (~1000 steps) f8c4 reconstructs
     # held-out crops at SSIM 0.37, f4c4 at 0.59 (docs/results.md, "Choosing the demo's recipe"). 32 Euler steps: the
     # fewest whose high-frequency ratio (sharpness against the originals) was in [0.7, 1.4] in both demo runs (at 16
