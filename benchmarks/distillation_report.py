@@ -1,15 +1,15 @@
-r"""The table and figure of docs/distillation.md: a DiTo teacher and its distilled student(s) on held-out images.
+r"""A DiTo teacher and its distilled student(s) on held-out images: the table, figure and checks of distillation.md.
 
 Rows: the teacher at 50 steps, at its default and at 1 step, and each student at its own default. Columns: PSNR,
 SSIM, SWD and high-frequency ratio (`training/evaluate_dito.py`, image i decoded from the noise of seed + i, so every
 row sees the same noise), and the decode time per image with its ratio to an AutoencoderKL decode of comparable
 decoder size, timed interleaved in the same run (`bench_decode.py`'s `--student` comparison). The figure shows
-original | teacher (default) | teacher (1 step) | student (1 step) for the first images. The acceptance checks of
-the distillation issue are printed with their verdicts.
+original | teacher (default) | teacher (1 step) | student (1 step) for the first images. The distillation targets
+(docs/benchmarks.md, "Distilled students") are printed with their verdicts.
 
     python training/demo.py --distill --output_dir dito-demo
     python benchmarks/distillation_report.py --teacher dito-demo/pipeline --student dito-demo/student \
-        --data_dir dito-demo/data/held_out --output_dir docs/results/distillation
+        --data_dir dito-demo/data/held_out --output_dir dito-demo/distillation
 
 `--decode_speed_options eager channels_last compile` adds the decode check with both sides in NHWC, and compiled
 (`bench_decode.py --student_speed_options`). `--figure_only` draws the figure again (seconds: 8 images) without
@@ -214,7 +214,7 @@ def mean_and_std(values: list[float | None]) -> tuple[float | None, float | None
 
 
 def verdicts(rows: list[dict], teacher_default: int, speed_options: list[str] = ("eager",)) -> list[dict]:
-    """The distillation issue's acceptance checks, on the first student; `holds` is None where a metric could not
+    """The distillation targets, checked on the first student; `holds` is None where a metric could not
     be computed (SWD and the high-frequency ratio need enough images of one size). The decode check is made in
     eager mode, and again for each other `speed_options` entry, both sides treated alike."""
     teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)

@@ -1,4 +1,4 @@
-"""One prepared, time-bounded GPU check (issue 15): correctness on CUDA, then training and decode throughput.
+"""One prepared, time-bounded GPU check: correctness on CUDA, then training and decode throughput.
 
 Sections, each run under its own time budget (a section that fails or overruns records its error and the run goes
 on), written to `--output_dir` as `gpu_check.json` and `gpu_check.md` after every result, so that a run stopped

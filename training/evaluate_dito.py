@@ -11,13 +11,14 @@ with accelerate; the main process gathers the results and writes every file.
     python training/evaluate_dito.py ... --num_processes 4     # re-launches itself under `accelerate launch`
     python training/evaluate_dito.py ... --sweep_shifts 1 2 3  # the curves on three σ grids
 
-`benchmarks/choose_decode_defaults.py` reads the sweep of metrics.json and picks the cheapest decoding setting.
+`experiments/decode_steps/choose_decode_defaults.py` reads the sweep of metrics.json and picks the cheapest decoding
+setting.
 
 docs/evaluation.md describes the outputs and how to reproduce the curves. The image-folder, grid and launch helpers
-are shared with `evaluate_generation.py` (`training/evaluation.py`), the sweep's samplers, rows and plot are in
-`training/decode_sweep.py`, and models load through `diffusers_dito.pipelines.loading`, as in the `diffusers-dito`
-command line. With `--update_model_card`, or when `--output_dir` lies in the model folder, the metrics also go into
-the folder's model card (README.md); `--push_to_hub` then uploads the folder.
+are shared with `evaluate_generation.py` (`diffusers_dito.training.evaluation`), the sweep's samplers, rows and plot
+are in `diffusers_dito.training.decode_sweep`, and models load through `diffusers_dito.pipelines.loading`, as in the
+`diffusers-dito` command line. With `--update_model_card`, or when `--output_dir` lies in the model folder, the
+metrics also go into the folder's model card (README.md); `--push_to_hub` then uploads the folder.
 """
 
 import argparse

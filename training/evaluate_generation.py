@@ -12,7 +12,7 @@ seeded with seed + k, so the samples do not depend on the number of processes or
     python training/evaluate_generation.py ... --num_processes 4    # re-launches itself under `accelerate launch`
 
 docs/evaluation.md describes the outputs. The image-folder, grid and launch helpers are shared with evaluate_dito.py
-(`training/evaluation.py`); the model loads through `diffusers_dito.pipelines.loading`.
+(`diffusers_dito.training.evaluation`); the model loads through `diffusers_dito.pipelines.loading`.
 """
 
 import argparse

@@ -65,8 +65,8 @@ def decode(vae, z, steps=4):
 
 @pytest.fixture(scope="module", params=[(64, 64), (96, 64)], ids=["64x64", "96x64"])
 def tiled_decodes(request, photo_tiny):
-    """Issue 7's small sizes (tiles of 32 on 64-96 px): 2 crops of photos the model never saw, decoded untiled and
-    tiled from the same noise with the model's default 4 Euler steps."""
+    """The sizes of docs/benchmarks.md's tiling table (tiles of 32 on 64-96 px): 2 crops of photos the model never
+    saw, decoded untiled and tiled from the same noise with the model's default 4 Euler steps."""
     with torch.no_grad():
         z = photo_tiny.encode(photo_crops(2, *request.param, seed=1)).latents
         return {

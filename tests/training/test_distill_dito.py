@@ -258,8 +258,8 @@ def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
 
 
 def test_speed_flags_run(distill_dito, teacher_dir, image_dir, tmp_path):
-    # The flags of training/performance.py reach this script too (their effect is checked in test_performance.py;
-    # dynamo's eager backend runs the compile path without inductor's code generation).
+    # The speed flags (diffusers_dito.training.performance) reach this script too (their effect is checked in
+    # test_performance.py; dynamo's eager backend runs the compile path without inductor's code generation).
     flags = ("--torch_compile", "--torch_compile_backend", "eager", "--channels_last")
     flags += ("--optimizer_implementation", "fused", "--max_train_steps", "2", "--checkpointing_steps", "2")
     distill_dito.main(run_args(distill_dito, tmp_path / "out", teacher_dir, image_dir, *flags))

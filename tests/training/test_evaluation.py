@@ -1,4 +1,4 @@
-"""Tests of the evaluation scripts' helper modules: training/evaluation.py (shared) and training/decode_sweep.py."""
+"""Tests of the evaluation scripts' helper modules: diffusers_dito.training.evaluation (shared) and .decode_sweep."""
 
 import doctest
 

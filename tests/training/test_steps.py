@@ -1,4 +1,4 @@
-"""The pieces each training script's step calls (training/steps.py, logging_utils.StepStatistics, debug.py)."""
+"""The pieces each training script's step calls (diffusers_dito.training: the loop, StepStatistics, the test hooks)."""
 
 import argparse
 import math

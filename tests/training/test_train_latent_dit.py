@@ -304,8 +304,8 @@ def test_two_cpu_processes_share_the_cache_and_stay_in_sync(class_dir, dito_dir,
 
 
 def test_speed_flags_run(train_latent_dit, class_dir, dito_dir, tmp_path):
-    # The flags of training/performance.py reach this script too (their effect is checked in test_performance.py;
-    # dynamo's eager backend runs the compile path without inductor's code generation).
+    # The speed flags (diffusers_dito.training.performance) reach this script too (their effect is checked in
+    # test_performance.py; dynamo's eager backend runs the compile path without inductor's code generation).
     flags = ("--torch_compile", "--torch_compile_backend", "eager", "--channels_last", "--allow_tf32")
     flags += ("--optimizer_implementation", "fused", "--max_train_steps", "2", "--checkpointing_steps", "2")
     tf32 = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision

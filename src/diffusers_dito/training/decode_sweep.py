@@ -2,7 +2,8 @@
 """The quality-against-NFE sweep of `evaluate_dito.py`: the samplers it compares, what one decode costs in decoder
 evaluations (NFE), a table row per (sampler, shift, steps) point, and the plot of the rows.
 
-`benchmarks/choose_decode_defaults.py` reads the rows back from metrics.json and picks the cheapest decoding setting.
+`experiments/decode_steps/choose_decode_defaults.py` reads the rows back from metrics.json and picks the cheapest
+decoding setting.
 """
 
 from pathlib import Path

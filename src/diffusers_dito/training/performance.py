@@ -73,7 +73,7 @@ def memory_format(args: argparse.Namespace) -> torch.memory_format:
 def optimizer_kwargs(implementation: str, params: list[torch.nn.Parameter]) -> dict:
     """`torch.optim.AdamW` keyword arguments for `--optimizer_implementation`. `auto` picks the fused kernel where
     every parameter is a CUDA float tensor (one kernel for all parameters, the fastest there); elsewhere it leaves
-    torch's choice, so CPU runs keep the numerics they had before this flag existed."""
+    torch's own choice, so a CPU run's numerics do not depend on this flag."""
     if implementation == "auto":
         on_cuda = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
         return {"fused": True} if on_cuda else {}
