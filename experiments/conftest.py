@@ -6,25 +6,14 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from diffusers_dito import AutoencoderDiTo, DiToPipeline
+from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
 
-# A ~0.1M-parameter f8 DiTo decoding in 2 steps: the shape of the unit tests' `tiny_dito_config`.
-TINY_DITO = {
-    "latent_channels": 4,
-    "block_out_channels": (8, 16, 16, 16),
-    "encoder_layers_per_block": 1,
-    "encoder_norm_num_groups": 8,
-    "decoder_block_out_channels": (8, 16, 32, 32),
-    "decoder_layers_per_block": 1,
-    "decoder_norm_num_groups": 8,
-    "decoder_time_embedding_dim": 32,
-    "num_inference_steps": 2,
-}
+TINY_DITO = {**DITO_PRESETS["dito-tiny"], "num_inference_steps": 2}  # 4.9M parameters; 2 decoding steps
 
 
 @pytest.fixture
 def tiny_teacher(tmp_path):
-    """A seeded tiny AutoencoderDiTo, saved as a DiToPipeline folder at tmp_path/teacher: (vae, folder)."""
+    """A seeded dito-tiny AutoencoderDiTo, saved as a DiToPipeline folder at tmp_path/teacher: (vae, folder)."""
     torch.manual_seed(0)
     vae = AutoencoderDiTo(**TINY_DITO)
     folder = tmp_path / "teacher"
