@@ -1,5 +1,6 @@
 """The CLI never loses a user's file, and every user error is one line with exit code 2."""
 
+import errno
 import json
 import shutil
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusers_dito import DiToPipeline
 from diffusers_dito.cli import main
 
 
@@ -107,3 +109,81 @@ def test_info_model_index_class_is_reported(root, tmp_path, capsys):
     (model / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
     assert main(["info", "--model", str(model)]) == 2
     assert "not a DiTo pipeline" in one_error_line(capsys)
+
+
+def test_reconstruct_never_writes_through_a_link_or_over_an_existing_file(root, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's notes")
+    (out / "photo.png").symlink_to(precious)  # the name the first input's output would take
+    (out / "photo-1.png").write_bytes(b"an earlier result")
+    inputs = [str(root / "a" / "photo.png"), str(root / "b" / "photo.jpg")]
+    assert main(["reconstruct", "--model", str(root / "dito"), *inputs, "--out", str(out), "--steps", "1"]) == 0
+    assert precious.read_text() == "a user's notes" and (out / "photo.png").resolve() == precious
+    assert (out / "photo-1.png").read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in out.iterdir()) == ["photo-1.png", "photo-2.png", "photo-3.png", "photo.png"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"{inputs[0]} -> {out / 'photo-2.png'}",
+        f"{inputs[1]} -> {out / 'photo-3.png'}",
+    ]
+
+
+@pytest.fixture
+def failing_second_save(monkeypatch):
+    """`PIL.Image.Image.save` whose second call writes 4096 bytes, then fails as `failing_second_save.error`."""
+    save, calls = Image.Image.save, []
+
+    def flaky_save(image, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) < 2:
+            return save(image, fp, *args, **kwargs)
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG" + bytes(4092))
+        raise flaky_save.error
+
+    monkeypatch.setattr(Image.Image, "save", flaky_save)
+    return flaky_save
+
+
+@pytest.mark.parametrize(
+    "error, code, message",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "could not write {target}: No space left on device"),
+        (KeyboardInterrupt(), 130, "diffusers-dito reconstruct: interrupted"),
+    ],
+)
+def test_a_failed_write_leaves_no_truncated_file_and_names_it(
+    root, tmp_path, capsys, failing_second_save, error, code, message
+):
+    failing_second_save.error = error
+    inputs = [str(root / "a" / "photo.png"), str(root / "anim.gif")]
+    out = tmp_path / "out"
+    assert main(["reconstruct", "--model", str(root / "dito"), *inputs, "--out", str(out), "--steps", "1"]) == code
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png"]  # the first, whole; no part of the second
+    assert Image.open(out / "photo.png").size == (16, 16)
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"{inputs[0]} -> {out / 'photo.png'}"]
+    lines = [line for line in captured.err.splitlines() if line.strip() and "frames" not in line]
+    assert lines == [lines[0]] and message.format(target=out / "anim.png") in lines[0], lines
+
+
+def test_ctrl_c_while_reconstructing_is_one_line_and_leaves_nothing(root, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiToPipeline, "__call__", interrupted)
+    argv = ["reconstruct", "--model", str(root / "dito"), str(root / "a" / "photo.png"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 130
+    assert one_error_line(capsys) == "diffusers-dito reconstruct: interrupted"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("out", ["file.png", "file.png/sub"])
+def test_out_naming_a_file_is_refused_before_any_work(root, tmp_path, capsys, monkeypatch, out):
+    (tmp_path / "file.png").write_bytes(b"a user's file")
+    monkeypatch.setattr(DiToPipeline, "__call__", lambda *args, **kwargs: pytest.fail("reconstructed anyway"))
+    argv = ["reconstruct", "--model", str(root / "dito"), str(root / "a" / "photo.png"), "--out", str(tmp_path / out)]
+    assert main(argv) == 2
+    assert f"--out {tmp_path / out}: not a folder" in one_error_line(capsys)
+    assert (tmp_path / "file.png").read_bytes() == b"a user's file"

@@ -1,7 +1,7 @@
 """The `diffusers-dito` command line: reconstruct, generate, info, app.
 
 Errors the user can fix (a missing path, an unreadable image, a class label out of range, ...) are printed as one
-line on stderr with exit code 2, never as a traceback.
+line on stderr with exit code 2, never as a traceback; Ctrl-C is one line too, with the shell's code for it, 130.
 
 Examples:
     diffusers-dito reconstruct --model my-dito photo.jpg other.png --out recon/ --steps 25 --seed 0
@@ -13,14 +13,18 @@ Examples:
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from .app import launch, resolve_model_folders
+from .atomic_files import atomic_write
 from .image_utils import read_image
 from .limits import APP_MAX_MEGAPIXELS, MAX_SEED
 from .models.autoencoder_dito import MAX_INFERENCE_STEPS
 from .pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind
+
+EXIT_CODE_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command that Ctrl-C ended
 
 
 class CLIError(Exception):
@@ -85,16 +89,16 @@ def _load_pipeline(model: str, command: str):
 
 def output_paths(inputs: list[str], out: Path) -> list[Path]:
     """
-    One `<stem>.png` per input under `out`, never an input's own path and never another output's: a colliding name
-    gets `-1`, `-2`, ... (`photo.png`, `photo-1.png`). Reconstructing `dir/photo.png` into `dir/` writes
-    `dir/photo-1.png` and leaves the original alone.
+    One `<stem>.png` per input under `out`, never an input's own path, another output's or any name already in
+    `out` (a file, a folder or a link): a taken name gets `-1`, `-2`, ... (`photo.png`, `photo-1.png`).
+    Reconstructing `dir/photo.png` into `dir/` writes `dir/photo-1.png` and leaves the original alone.
     """
     taken = {Path(name).resolve() for name in inputs}
     targets = []
     for name in inputs:
         stem, k = Path(name).stem, 0
         target = out / f"{stem}.png"
-        while target.resolve() in taken:
+        while target.resolve() in taken or os.path.lexists(target):
             k += 1
             target = out / f"{stem}-{k}.png"
         taken.add(target.resolve())
@@ -102,20 +106,34 @@ def output_paths(inputs: list[str], out: Path) -> list[Path]:
     return targets
 
 
+def check_output_folder(out: Path, flag: str = "--out") -> None:
+    """A `CLIError` unless `out` is a folder, or can be made one, that this process may write to: found before any
+    work is done, not when the results are saved."""
+    existing = out
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == out else f" ({existing} is a file)"
+        raise CLIError(f"{flag} {out}: not a folder{where}; give a folder for the outputs")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {out}: {existing} is not writable")
+
+
 def _reconstruct(args) -> None:
     import torch
 
+    out = Path(args.out)
+    check_output_folder(out)
     images = [read_image(name) for name in args.inputs]
     pipe = _load_pipeline(args.model, "reconstruct")
-    out = Path(args.out)
-    targets = output_paths(args.inputs, out)
     results = []
     for image in images:  # one at a time: inputs may differ in size; nothing is written before all succeed
         result = pipe(image, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed))
         results.append(result.images[0])
     out.mkdir(parents=True, exist_ok=True)
-    for name, target, image in zip(args.inputs, targets, results):
-        image.save(target)
+    for name, target, image in zip(args.inputs, output_paths(args.inputs, out), results):
+        with atomic_write(target) as temporary:  # a full disk or Ctrl-C leaves no truncated PNG
+            image.save(temporary, format="PNG")
         print(f"{name} -> {target}")
 
 
@@ -124,6 +142,8 @@ def _generate(args) -> None:
 
     if args.guidance_scale < 1:
         raise CLIError(f"--guidance-scale must be >= 1, got {args.guidance_scale}")
+    out = Path(args.out)
+    check_output_folder(out)
     pipe = _load_pipeline(args.model, "generate")
     labels = []
     for label in args.class_labels:
@@ -137,7 +157,6 @@ def _generate(args) -> None:
     for label in labels:
         if not 0 <= label < pipe.num_classes:
             raise CLIError(f"--class-labels: {label} is out of range [0, {pipe.num_classes - 1}]")
-    out = Path(args.out)
     result = pipe(
         labels,
         guidance_scale=args.guidance_scale,
@@ -148,7 +167,8 @@ def _generate(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for i, (label, image) in enumerate(zip(labels, result.images)):
         target = out / f"{i:04d}_class{label}.png"
-        image.save(target)
+        with atomic_write(target, replace=True) as temporary:  # a link at `target` is replaced, not written through
+            image.save(temporary, format="PNG")
         print(target)
 
 
@@ -236,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         # Our models and pipelines validate their inputs with ValueError/TypeError messages written for users.
         print(f"diffusers-dito {args.command}: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # nothing half-written is left behind: outputs are written whole or not at all
+        print(f"diffusers-dito {args.command}: interrupted", file=sys.stderr)
+        return EXIT_CODE_INTERRUPTED
     return 0
 
 
