@@ -15,7 +15,7 @@ With `--distill` the trained model is then distilled into a 1-step student (`tra
 below, docs/distillation.md) and the student is evaluated on the same held-out crops, from the same noise.
 
 The default recipe (preset, crop size, learning rate and schedule, batch, steps) was chosen by measurement to finish
-within 10 minutes on an idle 2-core CPU; docs/results.md ("Choosing the demo's recipe") has the runs.
+within 10 minutes on an idle 2-core CPU; experiments/demo_recipe/README.md has the runs.
 
 Outputs under `--output_dir`: `pipeline/` (the trained DiToPipeline, loadable with `DiToPipeline.from_pretrained`),
 `evaluation/metrics.json`, `evaluation/reconstructions.png` (original | reconstruction | error, enlarged to ≥ 96 px),
@@ -47,18 +47,18 @@ def _sibling_script(name: str):
 
 train_dito, distill_dito, evaluate_dito = (_sibling_script(n) for n in ("train_dito", "distill_dito", "evaluate_dito"))
 
-# The recipe, in one place (chosen by the runs in docs/results.md, "Choosing the demo's recipe").
+# The recipe, in one place (chosen by the runs in experiments/demo_recipe/README.md).
 PRESET = "dito-cpu-f4c4"  # f4c4: an 8×8×4 latent for a 32² crop
 RESOLUTION = 32
 NUM_TRAIN_CROPS = 4096
 NUM_EVAL_CROPS = 32
 MAX_TRAIN_STEPS = 1000
 BATCH_SIZE = 16
-LEARNING_RATE = 2e-3  # 20× the paper's 1e-4: a 3M-parameter model and 1000 steps (see the runs in docs/results.md)
+LEARNING_RATE = 2e-3  # 20× the paper's 1e-4: a 3M-parameter model and 1000 steps (experiments/demo_recipe/README.md)
 LR_WARMUP_STEPS = 50
 LR_SCHEDULER = "cosine"
 SWEEP_STEPS = [1, 2, 4, 8, 16, 32]
-# The distillation recipe (`--distill`; the runs are in docs/distillation.md).
+# The distillation recipe (`--distill`; docs/distillation.md, "How the recipe was chosen").
 DISTILL_PAIRS = 1024  # training crops whose (z, ε) -> teacher decode pairs are cached and reused
 DISTILL_STEPS = 3000
 DISTILL_BATCH_SIZE = 16
@@ -67,7 +67,8 @@ DISTILL_LOSS_TYPE = "laplacian"  # the finest band weighted up: the student lear
 DISTILL_FINE_WEIGHT = 4.0
 DISTILL_DATA_LOSS_WEIGHT = 0.0  # 0.1 raised PSNR but blurred the student below the 0.7 high-frequency floor
 # The patch SWD term to the teacher's decodes (`--swd_loss_weight`): off by default. With the data term, 20 on fresh
-# noise met the SWD point only resumed to 5000 steps (~5x this time); on paired noise, 5000 steps missed it.
+# noise for 5000 steps brings the SWD within 1.05x the teacher's at 5-6x this distillation's time; on paired noise,
+# 5000 steps miss it (experiments/distill_recipes/README.md).
 DISTILL_SWD_LOSS_WEIGHT = 0.0
 DISTILL_SWD_NOISE = "fresh"
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # Gradio is the [app] extra: imported where the page is built
     import gradio as gr
 
 SAMPLERS = {"Euler": FlowMatchEulerDiscreteScheduler, "Heun": FlowMatchHeunDiscreteScheduler}
-MAX_APP_STEPS = 50  # the slider's range: as far as the decoding-steps sweep goes (docs/benchmarks.md)
+MAX_APP_STEPS = 50  # the slider's range: as far as the decoding-steps sweep goes (experiments/decode_steps)
 MAX_UPLOAD_SIZE = "64mb"  # Gradio refuses larger files at upload, before they are read
 DIFFERENCE_GAIN = 4  # |reconstruction - original| × 4, as in the demo's reconstruction grids
 SSIM_MIN_SIDE = 11  # SSIM's Gaussian window

@@ -7,7 +7,7 @@ scikit-learn's sample images and matplotlib's sample data (`PHOTOS`). No file is
 fixed per photo, are held out. A held-out crop lies inside one held-out cell; a training crop never touches a
 held-out cell. Each crop is cut from the photo first and only then resized, so a resized training pixel never mixes
 in a held-out source pixel: the two sides share no pixel, yet come from the same photos, so from the same
-distribution (`split_statistics` measures it; docs/results.md reports it).
+distribution (`split_statistics` measures it; experiments/data_split/README.md reports it).
 
 **Scales.** A crop's source window has a side drawn log-uniformly between `1/8` and `1/4` of the photo's short side
 and is resized to the crop size, so a crop holds a comparable amount of content whatever the photo's resolution.
