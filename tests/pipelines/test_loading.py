@@ -320,6 +320,53 @@ def test_update_model_card_adds_a_section_to_a_card_without_one_and_a_card_to_a_
     assert len(table_rows(card)) == 1
 
 
+def test_update_model_card_finds_the_components_heading_not_the_words(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    AutoencoderDiTo(**tiny_config()).save_pretrained(tmp_path / "vae")
+    intro = "# My VAE\n\nThe configs are under ## Components below.\n\n"
+    (tmp_path / "vae" / "README.md").write_text(intro + "## Components\n\nconfigs\n")
+    updated = update_model_card(tmp_path / "vae", METRICS).read_text()
+    assert updated.startswith(intro + "<!-- diffusers-dito evaluation")
+    assert updated.endswith("<!-- /diffusers-dito evaluation -->\n\n## Components\n\nconfigs\n")
+
+
+def test_update_model_card_keeps_crlf_line_endings(saved):
+    _, _, folder = saved
+    path = folder / "README.md"
+    card = path.read_text()
+    path.write_bytes(card.replace("\n", "\r\n").encode())
+    update_model_card(folder, METRICS)
+    updated = path.read_bytes().decode()
+    assert updated.count("\r\n") == updated.count("\n")  # every line still ends in CRLF
+    text = updated.replace("\r\n", "\n")
+    start, end = card.index("<!-- diffusers-dito evaluation -->"), card.index("\n## Components")
+    assert len(table_rows(text)) == 1 and text.startswith(card[:start]) and text.endswith(card[end:])
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_update_model_card_keeps_a_users_text_between_the_markers(saved):
+    _, _, folder = saved
+    path = folder / "README.md"
+    note = "Measured on my laptop.\n<!-- /diffusers-dito evaluation -->"
+    path.write_text(path.read_text().replace("<!-- /diffusers-dito evaluation -->", note))
+    update_model_card(folder, METRICS)
+    update_model_card(folder, {**METRICS, "steps": 4})
+    card = path.read_text()
+    assert note in card and len(table_rows(card)) == 2 and "Not evaluated yet" not in card
+
+
+def test_the_card_says_what_trust_remote_code_runs_and_what_to_use_instead(saved):
+    _, pipe, folder = saved
+    card = (folder / "README.md").read_text()
+    usage = card[card.index("## Usage") : card.index("<!-- diffusers-dito evaluation")]
+    code = usage[usage.index("```python") : usage.index("```\n", usage.index("```python") + 3)]
+    first_call = next(line for line in code.splitlines() if "from_pretrained" in line)
+    assert f"{type(pipe).__name__}.from_pretrained" in first_call and "trust_remote_code" not in first_call
+    advice = usage[usage.index("```\n", usage.index("```python") + 3) :]
+    assert "imports and runs the Python files of this folder" in advice
+    assert "only for a folder you saved yourself" in advice and "runs no code from the folder" in advice
+
+
 @pytest.fixture
 def fake_hub(monkeypatch):
     """huggingface_hub's `create_repo` and `upload_folder` where `diffusers_dito.hub` calls them: the calls are

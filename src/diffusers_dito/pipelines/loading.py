@@ -11,8 +11,12 @@ them. How the pipelines save themselves, and their model card, is `diffusers_dit
 import os
 from pathlib import Path
 
+import httpx
+import huggingface_hub
 from diffusers import FlowMatchEulerDiscreteScheduler
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
+from ..atomic_files import atomic_write
 from ..models.autoencoder_dito import AutoencoderDiTo
 from ..safe_loading import read_json_object
 from .pipeline_dito import DiToPipeline
@@ -29,6 +33,7 @@ __all__ = [
     "MODEL_KIND",
     "PIPELINE_KINDS",
     "DiToPipelineLoadingMixin",
+    "dito_model_config",
     "evaluation_row",
     "evaluation_section",
     "load_component",
@@ -110,6 +115,64 @@ def local_model_config(path: str | os.PathLike, subfolder: str | None = None) ->
     return None
 
 
+def dito_model_config(path: str | os.PathLike, cache_dir: str | None = None) -> dict:
+    r"""
+    The `AutoencoderDiTo` config of what `path` names, read without loading weights: a local DiTo folder (a bare
+    `AutoencoderDiTo`, or the `vae/` of a DiTo pipeline folder), else the `config.json` of a Hub model of that id
+    (from the cache, or the Hub where it may be reached). What `load_component(AutoencoderDiTo, path, "vae")` loads.
+
+    Raises:
+        `ValueError`: One line that names `path` and says what it holds instead: another kind of model, no model, a
+            missing folder that is not a Hub model either (and why: not in the cache offline, no such repository).
+
+    Examples:
+        ```py
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from diffusers_dito.pipelines.loading import dito_model_config
+
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+        >>> try:
+        ...     dito_model_config(folder)
+        ... except ValueError as err:
+        ...     print(str(err).replace(str(folder), "folder"))
+        folder holds a AutoencoderKL, not an AutoencoderDiTo
+
+        ```
+    """
+    if os.path.exists(path):
+        kind = model_kind(path)  # a ValueError for a folder of anything else
+        config_path = Path(path) / ("vae" if kind in PIPELINE_KINDS else "") / "config.json"
+        if not config_path.is_file():
+            raise ValueError(f"{path}: a {kind} folder without {config_path.relative_to(path)}")
+        config = read_json_object(config_path)
+    else:
+        config = read_json_object(_hub_config_file(str(path), cache_dir))
+    if config.get("_class_name") != MODEL_KIND:
+        raise ValueError(f"{path} holds a {config.get('_class_name')}, not an {MODEL_KIND}")
+    return config
+
+
+def _hub_config_file(repo_id: str, cache_dir: str | None) -> str:
+    """The cached `config.json` of the Hub model `repo_id` (downloaded where the Hub may be reached)."""
+    missing = f"{repo_id}: no such folder"
+    try:
+        huggingface_hub.utils.validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ValueError(f"{missing} (expected {EXPECTED})") from None
+    try:
+        return huggingface_hub.hf_hub_download(repo_id, "config.json", cache_dir=cache_dir)
+    except (OSError, EntryNotFoundError, httpx.HTTPError) as err:
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            why = "not in the cache, and HF_HUB_OFFLINE is set"
+        elif isinstance(err, huggingface_hub.errors.RepositoryNotFoundError):
+            why = "no Hub model of that name (or it is private and no token was given)"
+        else:
+            why = f"{type(err).__name__} asking the Hub"
+        raise ValueError(f"{missing}, nor a Hub model it can read ({why}); expected {EXPECTED}") from None
+
+
 def load_component(model_cls: type, path: str | os.PathLike, component: str, cache_dir: str | None = None):
     """
     `model_cls.from_pretrained` of a model saved alone (`save_pretrained`), or of the `component` subfolder of a
@@ -147,8 +210,18 @@ def update_model_card(folder: str | os.PathLike, metrics: dict) -> Path:
     Writes `metrics` (the `metrics.json` of `training/evaluate_dito.py`) into the evaluation table of the folder's
     `README.md` ([`~serialization.with_evaluation_row`]): updating twice with the same metrics changes nothing. A
     folder without a card (a bare `AutoencoderDiTo`) gets a short one. Returns the card's path.
+
+    The rest of the card is kept byte for byte, its line endings (CRLF or LF) included. The card is written under a
+    temporary name and moved into place: a failure leaves the old card whole.
     """
     path = Path(folder) / "README.md"
-    card = path.read_text(encoding="utf-8") if path.exists() else f"{CARD_METADATA}\n# {model_kind(folder)}\n\n"
-    path.write_text(with_evaluation_row(card, metrics), encoding="utf-8")
+    if path.exists():
+        with open(path, encoding="utf-8", newline="") as f:  # newline="": CRLF is read as it is, not turned into LF
+            card = f.read()
+    else:
+        card = f"{CARD_METADATA}\n# {model_kind(folder)}\n\n"
+    newline = "\r\n" if "\r\n" in card else "\n"
+    updated = with_evaluation_row(card.replace("\r\n", "\n"), metrics).replace("\n", newline)
+    with atomic_write(path, replace=True) as temporary:
+        temporary.write_bytes(updated.encode("utf-8"))
     return path

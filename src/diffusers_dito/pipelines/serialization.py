@@ -47,9 +47,28 @@ from ..safe_loading import SafetensorsOnlyMixin
 
 SHIM_MODULE = "pipeline"
 CARD_METADATA = "---\nlibrary_name: diffusers\ntags:\n- diffusers-dito\n- dito\n- image-tokenizer\n---\n"
-# The evaluation section lies between these markers, so that `with_evaluation_row` can replace it.
+# The evaluation section lies between these markers, so that `with_evaluation_row` can find its table.
 EVALUATION_START, EVALUATION_END = "<!-- diffusers-dito evaluation -->", "<!-- /diffusers-dito evaluation -->"
 EVALUATION_COLUMNS = ("data", "steps", "PSNR (dB)", "SSIM", "SWD", "high-frequency ratio")
+EVALUATION_INTRO = (
+    "Reconstructions of the DiTo autoencoder, from the `metrics.json` of `training/evaluate_dito.py`: PSNR and SSIM "
+    "(higher is better), sliced Wasserstein distance (lower is better), and the high-frequency energy of the "
+    "reconstructions over that of the originals (1 keeps their detail)."
+)
+NOT_EVALUATED = (
+    "Not evaluated yet: `python training/evaluate_dito.py --model <this folder> --data_dir <images> "
+    "--update_model_card` fills this in."
+)
+COMPONENTS_HEADING = re.compile(r"^## Components[ \t]*$", re.MULTILINE)  # a heading line, not the words in a sentence
+# Loading with `trust_remote_code=True` imports the folder's Python files: say so where the card suggests it.
+REMOTE_CODE_ADVICE = (
+    "`trust_remote_code=True` imports and runs the Python files of this folder (`pipeline.py` and the model code "
+    "in each model subfolder) with your rights, as any Python file you run would. Pass it only for a folder you "
+    "saved yourself, or one from a publisher you trust pinned to a commit you have read "
+    '(`revision="<commit hash>"`). Otherwise install diffusers-dito and load with the class\'s own '
+    "`from_pretrained`, as on the first line above: it reads the weights (safetensors only) and the configs, and runs "
+    "no code from the folder.\n"
+)
 
 
 class DiToPipelineLoadingMixin(SafetensorsOnlyMixin, AutoMapMixin):
@@ -121,15 +140,16 @@ class DiToPipelineLoadingMixin(SafetensorsOnlyMixin, AutoMapMixin):
             *([f"Distilled from: {self.distilled_from}.\n"] if getattr(self, "distilled_from", None) else []),
             "## Usage\n",
             "```python\n"
-            f"from diffusers_dito import {name}\n\n"
-            f'pipe = {name}.from_pretrained("path/to/this/folder")\n'
-            "# or, without importing diffusers_dito first:\n"
+            f"from diffusers_dito import {name}  # pip install diffusers-dito\n\n"
+            f'pipe = {name}.from_pretrained("path/to/this/folder")  # runs no code from the folder\n'
+            "# For a folder you trust only (see below): without importing diffusers_dito first,\n"
             "# from diffusers import DiffusionPipeline\n"
             '# pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)\n'
             "# or one model, also where diffusers_dito is not installed:\n"
             "# from diffusers import AutoModel\n"
             '# vae = AutoModel.from_pretrained("path/to/this/folder", subfolder="vae", trust_remote_code=True)\n'
             "```\n",
+            REMOTE_CODE_ADVICE,
             evaluation_section([]),
             "## Components\n",
         ]
@@ -166,24 +186,15 @@ def evaluation_row(metrics: dict) -> list[str]:
     return [data, f"{metrics['steps']} {metrics['sampler']}", *cells]
 
 
+def _table_lines(rows: list[list[str]]) -> list[str]:
+    table = ["| " + " | ".join(EVALUATION_COLUMNS) + " |", "|" + "---|" * len(EVALUATION_COLUMNS)]
+    return table + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def evaluation_section(rows: list[list[str]]) -> str:
     """The model card's evaluation section, between its markers: a table of `rows`, or how to fill it in."""
-    if rows:
-        table = ["| " + " | ".join(EVALUATION_COLUMNS) + " |", "|" + "---|" * len(EVALUATION_COLUMNS)]
-        table += ["| " + " | ".join(row) + " |" for row in rows]
-        body = (
-            "Reconstructions of the DiTo autoencoder, from the `metrics.json` of `training/evaluate_dito.py`: PSNR "
-            "and SSIM (higher is better), sliced Wasserstein distance (lower is better), and the high-frequency "
-            "energy of the reconstructions over that of the originals (1 keeps their detail).\n\n"
-            + "\n".join(table)
-            + "\n"
-        )
-    else:
-        body = (
-            "Not evaluated yet: `python training/evaluate_dito.py --model <this folder> --data_dir <images> "
-            "--update_model_card` fills this in.\n"
-        )
-    return f"{EVALUATION_START}\n## Evaluation\n\n{body}{EVALUATION_END}\n"
+    body = "\n".join([EVALUATION_INTRO, "", *_table_lines(rows)]) if rows else NOT_EVALUATED
+    return f"{EVALUATION_START}\n## Evaluation\n\n{body}\n{EVALUATION_END}\n"
 
 
 def _table_rows(section: str) -> list[list[str]]:
@@ -192,23 +203,43 @@ def _table_rows(section: str) -> list[list[str]]:
     return [[cell.strip() for cell in row] for row in rows[2:]]  # after the header and the `---` line
 
 
-def with_evaluation_row(card: str, metrics: dict) -> str:
-    """
-    The model card `card` with the row of `metrics` (a `metrics.json` of `training/evaluate_dito.py`) in its
-    evaluation table, in place of the row of the same data and steps: adding the same metrics twice changes nothing.
-    A card without an evaluation section gets one before its component configs.
-    """
-    start, end = card.find(EVALUATION_START), card.find(EVALUATION_END)
-    if 0 <= start < end:
-        before, rows, after = card[:start], _table_rows(card[start:end]), card[end + len(EVALUATION_END) :]
-    else:
-        split = card.find("## Components") if "## Components" in card else len(card)
-        before, rows, after = card[:split], [], card[split:]
-    row = evaluation_row(metrics)
+def _with_row(section: str, row: list[str]) -> str:
+    """The evaluation section `section` (its markers included) with `row` in its table. Only the table, or the
+    not-evaluated line, changes: anything else a user wrote between the markers is kept."""
+    rows = _table_rows(section)
     keys = [old[:2] for old in rows]
     if row[:2] in keys:
         rows[keys.index(row[:2])] = row
     else:
         rows.append(row)
-    after = after.lstrip("\n")
-    return before + evaluation_section(rows) + ("\n" + after if after else "")
+    lines = section.split("\n")
+    table = [i for i, line in enumerate(lines) if line.startswith("|")]
+    if table:
+        lines[table[0] : table[-1] + 1] = _table_lines(rows)
+    elif NOT_EVALUATED in lines:
+        at = lines.index(NOT_EVALUATED)
+        lines[at : at + 1] = [EVALUATION_INTRO, "", *_table_lines(rows)]
+    else:
+        end = next(i for i, line in enumerate(lines) if EVALUATION_END in line)
+        lines[end:end] = [EVALUATION_INTRO, "", *_table_lines(rows), ""]
+    return "\n".join(lines)
+
+
+def with_evaluation_row(card: str, metrics: dict) -> str:
+    """
+    The model card `card` with the row of `metrics` (a `metrics.json` of `training/evaluate_dito.py`) in its
+    evaluation table, in place of the row of the same data and steps: adding the same metrics twice changes nothing.
+    A card without an evaluation section gets one before its `## Components` heading, or at its end. Text outside
+    the table is kept as it is, also between the section's markers.
+    """
+    row = evaluation_row(metrics)
+    start, end = card.find(EVALUATION_START), card.find(EVALUATION_END)
+    if 0 <= start < end:
+        end += len(EVALUATION_END)
+        return card[:start] + _with_row(card[start:end], row) + card[end:]
+    heading = COMPONENTS_HEADING.search(card)
+    split = heading.start() if heading else len(card)
+    before, after = card[:split], card[split:]
+    if before and not before.endswith("\n\n"):
+        before += "\n" if before.endswith("\n") else "\n\n"
+    return before + evaluation_section([row]) + ("\n" + after if after else "")
