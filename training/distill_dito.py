@@ -35,6 +35,7 @@ from accelerate.logging import get_logger
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 
 from diffusers_dito import AutoencoderDiTo
+from diffusers_dito.atomic_files import save_folder_atomically
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.models.autoencoder_dito import downsample_factor_of
 from diffusers_dito.pipelines.loading import load_component
@@ -174,9 +175,9 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     if args.cache_teacher_targets and (args.streaming or args.random_flip):
         parser.error("--cache_teacher_targets keeps one target per image: give --no-random_flip, and no --streaming.")
     arguments.check_run_arguments(args, parser, "--teacher_model_name_or_path", args.teacher_model_name_or_path)
-    config = arguments.read_model_config(args.teacher_model_name_or_path, "vae", parser)
-    if config is None:  # hub ids are checked after loading
-        return
+    teacher = args.teacher_model_name_or_path
+    config = arguments.read_dito_model_config("--teacher_model_name_or_path", teacher, parser, args.cache_dir)
+    arguments.check_output_dir_spares("--teacher_model_name_or_path", teacher, args.output_dir, parser)
     if args.resolution % downsample_factor_of(config):
         parser.error(
             f"--resolution {args.resolution} is not divisible by the teacher's down-sampling factor "
@@ -322,7 +323,8 @@ def save_final_model(student: AutoencoderDiTo, args: argparse.Namespace, teacher
         f"{args.teacher_model_name_or_path} (its {teacher_steps}-step Euler decode), into {args.student_steps} "
         f"step(s); loss {distillation_loss_name(args)}, data loss weight {args.data_loss_weight}"
     )
-    pipeline.save_pretrained(args.output_dir)
+    # Into a temporary folder first: a failed save leaves no model_index.json over half-written weights.
+    save_folder_atomically(args.output_dir, pipeline.save_pretrained, last="model_index.json")
     logger.info(f"Saved the {args.student_steps}-step DiToPipeline to {args.output_dir}")
 
 

@@ -24,7 +24,13 @@ from accelerate.logging import get_logger
 
 from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToLossOutput
 from diffusers_dito.cli import OneLineArgumentParser, finite_float  # one-line usage errors, exit code 2
-from diffusers_dito.metrics import LPIPS_BACKBONE_ENV, MissingWeightsError, load_lpips, lpips_backbone_file
+from diffusers_dito.metrics import (
+    LPIPS_BACKBONE_ENV,
+    MissingWeightsError,
+    load_lpips,
+    lpips_backbone_file,
+    read_lpips_backbone,
+)
 from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES
 from diffusers_dito.models.autoencoder_dito import downsample_factor_of
 from diffusers_dito.pipelines.loading import load_component
@@ -140,16 +146,23 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         if args.resolution < 32:
             parser.error(f"--lpips_weight needs --resolution >= 32 (LPIPS' smallest input), got {args.resolution}.")
         try:  # found now, not after the data and model are loaded
-            lpips_backbone_file(args.lpips_backbone, args.lpips_net)
+            backbone = lpips_backbone_file(args.lpips_backbone, args.lpips_net)
         except MissingWeightsError:
             where = f"--lpips_backbone {args.lpips_backbone} is not a file" if args.lpips_backbone else "none given"
             parser.error(
                 f"--lpips_weight {args.lpips_weight} needs torchvision's {LPIPS_BACKBONE_FILES[args.lpips_net]} "
                 f"({where}): pass --lpips_backbone PATH or set ${LPIPS_BACKBONE_ENV}; nothing is downloaded."
             )
+        try:  # and read now: a corrupt file or another network would stop the run only after its set-up
+            read_lpips_backbone(backbone, args.lpips_net)
+        except ValueError as err:
+            parser.error(f"--lpips_backbone {err}")
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no known length).")
     arguments.check_run_arguments(args, parser, "--pretrained_model_name_or_path", args.pretrained_model_name_or_path)
+    if args.pretrained_model_name_or_path is not None:
+        pretrained = args.pretrained_model_name_or_path
+        arguments.check_output_dir_spares("--pretrained_model_name_or_path", pretrained, args.output_dir, parser)
 
     if args.model_preset is not None:
         config = DITO_PRESETS[args.model_preset]

@@ -2,6 +2,7 @@
 from or deleted, one run at a time holds an output folder, a resume with other settings stops with the differences,
 and start-up errors are one line with exit code 2."""
 
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from script_helpers import (  # noqa: F401 (autouse fixtures, active by being in this module)
     REPO,
     fresh_accelerate_state,
@@ -161,3 +163,120 @@ def test_a_folder_of_only_corrupt_files_is_a_one_line_error(train_dito, tmp_path
     assert code == 2, stderr[-2000:]
     assert "Traceback" not in stderr
     assert "no readable image" in stderr.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------------------------------- distillation
+@pytest.fixture(scope="module")
+def distill_dito():
+    return load_script(REPO / "training" / "distill_dito.py")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny DiToPipeline folder, as a teacher or a pretrained model."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusers_dito import AutoencoderDiTo, DiToPipeline
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "teacher"
+    DiToPipeline(AutoencoderDiTo(**tiny_dito_config()), FlowMatchEulerDiscreteScheduler()).save_pretrained(folder)
+    return folder
+
+
+def folder_bytes(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_usage_error(parse, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as error:
+        parse(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert error.value.code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "script, flag", [("distill", "--teacher_model_name_or_path"), ("train", "--pretrained_model_name_or_path")]
+)
+@pytest.mark.parametrize("output", ["the model", "its parent"])
+def test_an_output_dir_that_is_or_holds_the_model_is_refused(
+    distill_dito, train_dito, teacher, image_dir, capsys, script, flag, output
+):
+    before = folder_bytes(teacher.parent)
+    out = teacher if output == "the model" else teacher.parent
+    parse = distill_dito.parse_args if script == "distill" else train_dito.parse_args
+    argv = [flag, str(teacher), "--train_data_dir", str(image_dir), "--resolution", "32", "--output_dir", str(out)]
+    line = one_line_usage_error(parse, argv, capsys)
+    assert f"--output_dir {out}" in line and f"the {flag} folder" in line
+    assert folder_bytes(teacher.parent) == before
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: (p / "config.json").write_text('{"_class_name": "AutoencoderKL"}'), "holds a AutoencoderKL"),
+        (lambda p: (p / "pytorch_lora_weights.safetensors").write_bytes(b"x"), "has no model_index.json"),
+        (lambda p: (p / "0.png").write_bytes(b"x"), "has no model_index.json"),
+        (None, "no such folder, nor a Hub model it can read (not in the cache, and HF_HUB_OFFLINE is set)"),
+    ],
+    ids=["autoencoder-kl", "lora-only", "images", "missing"],
+)
+def test_a_teacher_that_is_not_a_dito_model_is_a_one_line_error(
+    distill_dito, image_dir, tmp_path, capsys, monkeypatch, make, message
+):
+    monkeypatch.chdir(tmp_path)  # "teacher", relative: for a missing folder, also a name the Hub could have
+    if make is not None:
+        (tmp_path / "teacher").mkdir()
+        make(tmp_path / "teacher")
+    argv = ["--teacher_model_name_or_path", "teacher", "--train_data_dir", str(image_dir), "--output_dir", "out"]
+    line = one_line_usage_error(distill_dito.parse_args, argv, capsys)
+    assert ": error: --teacher_model_name_or_path teacher" in line and message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_current_folder_as_teacher_is_a_one_line_error(distill_dito, image_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--teacher_model_name_or_path", ".", "--train_data_dir", str(image_dir), "--output_dir", "out"]
+    assert "has no model_index.json or config.json" in one_line_usage_error(distill_dito.parse_args, argv, capsys)
+
+
+def test_a_failed_save_of_the_student_leaves_no_half_written_pipeline(distill_dito, teacher, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from diffusers_dito import AutoencoderDiTo
+
+    out = tmp_path / "out"
+    (out / "checkpoint-5").mkdir(parents=True)  # the run's own files stay
+    args = distill_dito.parse_args(
+        ["--teacher_model_name_or_path", str(teacher), "--train_data_dir", str(tmp_path), "--output_dir", str(out)]
+    )
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match=f"could not write {out}: No space left on device"):
+        distill_dito.save_final_model(AutoencoderDiTo.from_pretrained(teacher / "vae"), args, teacher_steps=2)
+    assert [p.name for p in out.iterdir()] == ["checkpoint-5"]
+
+
+# ---------------------------------------------------------------------------------------------------- LPIPS backbone
+@pytest.mark.parametrize("content", ["random bytes", "another network", "a pickled module"])
+def test_a_corrupt_or_wrong_lpips_backbone_is_refused_before_the_run_starts(
+    train_dito, image_dir, config_path, tmp_path, capsys, content
+):
+    from diffusers_dito.metrics.perceptual import _lpips_backbone
+
+    backbone = tmp_path / "alexnet-owt-7be5be79.pth"
+    if content == "random bytes":
+        backbone.write_bytes(os.urandom(4096))
+    else:
+        torch.save(
+            _lpips_backbone("vgg").state_dict() if content == "another network" else torch.nn.Linear(2, 2), backbone
+        )
+    argv = ["--train_data_dir", str(image_dir), "--model_config", str(config_path), "--resolution", "32"]
+    argv += ["--output_dir", str(tmp_path / "out"), "--lpips_weight", "0.5", "--lpips_net", "alex"]
+    line = one_line_usage_error(train_dito.parse_args, [*argv, "--lpips_backbone", str(backbone)], capsys)
+    assert f"--lpips_backbone {backbone}: not torchvision's alexnet-owt-7be5be79.pth" in line, line
+    assert "weights_only=False" not in line and not (tmp_path / "out").exists()

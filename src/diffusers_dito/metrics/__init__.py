@@ -21,7 +21,7 @@ implementation detail.
 """
 
 from .frechet import frechet_dinov2_distance, frechet_distance, frechet_inception_distance
-from .perceptual import load_lpips, lpips, lpips_backbone_file
+from .perceptual import load_lpips, lpips, lpips_backbone_file, read_lpips_backbone
 from .pixel import high_frequency_energy_ratio, psnr, ssim
 from .report import MetricsReport, compute_generation_metrics, compute_metrics
 from .swd import SlicedWassersteinOutput, sliced_wasserstein_distance
@@ -44,6 +44,7 @@ __all__ = [
     "lpips",
     "lpips_backbone_file",
     "psnr",
+    "read_lpips_backbone",
     "sliced_wasserstein_distance",
     "ssim",
 ]

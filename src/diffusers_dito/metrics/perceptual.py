@@ -2,6 +2,8 @@
 
 import importlib.resources
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +89,37 @@ def lpips_backbone_file(backbone: str | os.PathLike | None = None, net_type: str
     return path
 
 
+def read_lpips_backbone(path: str | os.PathLike, net_type: str = "alex") -> dict[str, torch.Tensor]:
+    r"""
+    The convolution weights of LPIPS-`net_type` from torchvision's ImageNet checkpoint at `path` (a whole model's, or
+    its `features` alone), checked against the network: the state dict `_LPIPS.features` loads.
+
+    Raises:
+        `ValueError`: One line that names `path`: it is not a torch checkpoint that loads with `weights_only=True`
+            (truncated, another format, or pickled objects beyond tensors), or it holds another network.
+    """
+    expected = _lpips_backbone(net_type).state_dict()
+    name = f"{path}: not torchvision's {LPIPS_BACKBONE_FILES[net_type]}"
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
+        # torch's own message suggests `weights_only=False`, which would run whatever the file pickled: not said here.
+        raise ValueError(f"{name} (it does not load as a torch checkpoint of tensors: {type(err).__name__})") from None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{name} (it holds a {type(state_dict).__name__}, not a state dict)")
+    if any(key.startswith("features.") for key in state_dict):  # a whole torchvision model: keep the conv stack
+        state_dict = {key.removeprefix("features."): v for key, v in state_dict.items() if key.startswith("features.")}
+    for key, tensor in expected.items():
+        found = state_dict.get(key)
+        if not isinstance(found, torch.Tensor) or found.shape != tensor.shape:
+            got = f"shape {tuple(found.shape)}" if isinstance(found, torch.Tensor) else "nothing"
+            raise ValueError(f"{name} for LPIPS-{net_type} ({key}: expected shape {tuple(tensor.shape)}, got {got})")
+    unexpected = sorted(set(state_dict) - set(expected))
+    if unexpected:
+        raise ValueError(f"{name} for LPIPS-{net_type} (it also holds {unexpected[0]})")
+    return state_dict
+
+
 def load_lpips(backbone: str | os.PathLike | None = None, net_type: Literal["alex", "vgg"] = "alex") -> nn.Module:
     r"""
     LPIPS v0.1 as a frozen module: `model(x, reference)` -> (B,) distances, differentiable in its inputs, so it
@@ -101,6 +134,7 @@ def load_lpips(backbone: str | os.PathLike | None = None, net_type: Literal["ale
 
     Raises:
         `MissingWeightsError`: No backbone checkpoint was found.
+        `ValueError`: The checkpoint does not load, or holds another network ([`read_lpips_backbone`]).
 
     Examples:
         ```py
@@ -115,10 +149,7 @@ def load_lpips(backbone: str | os.PathLike | None = None, net_type: Literal["ale
 
         ```
     """
-    path = lpips_backbone_file(backbone, net_type)
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if any(key.startswith("features.") for key in state_dict):  # a whole torchvision model: keep the conv stack
-        state_dict = {key.removeprefix("features."): v for key, v in state_dict.items() if key.startswith("features.")}
+    state_dict = read_lpips_backbone(lpips_backbone_file(backbone, net_type), net_type)
     model = _LPIPS(net_type)
     model.features.load_state_dict(state_dict)
     heads = importlib.resources.files("torchmetrics.functional.image") / "lpips_models" / f"{net_type}.pth"

@@ -14,7 +14,7 @@ from pathlib import Path
 from diffusers.utils import is_wandb_available
 
 from ..models.autoencoder_dito import AutoencoderDiTo
-from ..pipelines.loading import local_model_config
+from ..pipelines.loading import dito_model_config, local_model_config
 from . import performance
 from .checkpoints import COMPLETE_MARKER, is_complete_checkpoint
 from .data import SMALL_IMAGE_POLICIES
@@ -61,6 +61,31 @@ def read_model_config(path: str, subfolder: str, parser: argparse.ArgumentParser
         return local_model_config(path, subfolder)
     except ValueError as err:
         parser.error(str(err))
+
+
+def read_dito_model_config(
+    flag: str, path: str, parser: argparse.ArgumentParser, cache_dir: str | None = None
+) -> dict:
+    """The `AutoencoderDiTo` config that `flag` names (`dito_model_config`: a local DiTo folder or a Hub model), or
+    a usage error that says what `path` holds instead, before anything is locked or loaded."""
+    try:
+        return dito_model_config(path, cache_dir)
+    except ValueError as err:
+        parser.error(f"{flag} {err}")
+
+
+def check_output_dir_spares(flag: str, path: str, output_dir: str, parser: argparse.ArgumentParser) -> None:
+    """A usage error where `--output_dir` is the local model folder `flag` names, or holds it: the final save (and the
+    checkpoints) would be written over that model."""
+    if not os.path.exists(path):  # a Hub model: the run writes into a folder of its own
+        return
+    model, output = Path(path).resolve(), Path(output_dir).resolve()
+    if output == model or output in model.parents:
+        where = "is" if output == model else "holds"
+        parser.error(
+            f"--output_dir {output_dir} {where} the {flag} folder {path}: the run would save over that model; give "
+            "another --output_dir."
+        )
 
 
 def vae_config_value(config: dict, name: str):
