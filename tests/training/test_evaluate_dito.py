@@ -2,10 +2,14 @@
 
 import csv
 import doctest
+import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -306,7 +310,8 @@ def test_metrics_written_inside_the_model_folder_go_into_its_card(evaluate_dito,
 def fake_hub(monkeypatch):
     """The Hub calls of `diffusers_dito.hub`, recorded with the folder as uploaded; online as far as they can tell."""
     calls = []
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # for the check in parse_args
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # for the checks in parse_args
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, token=None: {"name": "tester"})
 
     def upload_folder(*, repo_id, folder_path, token, **kwargs):
         files = sorted(p.name for p in Path(folder_path).iterdir())
@@ -336,7 +341,8 @@ def test_a_failed_push_stops_with_one_line_after_the_card_is_written(
     folder = Path(shutil.copytree(model_dirs / "vae", tmp_path / "vae"))
     args = ["--model", str(folder), "--data_dir", str(image_dir), "--output_dir", str(tmp_path / "out")]
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    args = evaluate_dito.parse_args([*args, "--push_to_hub", "--steps", "1", "--skip_sweep"])
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, token=None: {"name": "tester"})
+    args = evaluate_dito.parse_args([*args, "--push_to_hub", "--hub_token", "secret", "--steps", "1", "--skip_sweep"])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the network goes away meanwhile
     try:
         with pytest.raises(SystemExit, match="could not push .* offline mode is enabled"):
@@ -358,6 +364,65 @@ def test_push_to_hub_offline_stops_before_evaluating_with_one_line(
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--push_to_hub needs the network, but HF_HUB_OFFLINE is set" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+class TokenRefusingHub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": "Invalid credentials in Authorization header"}')
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A Hub endpoint on 127.0.0.1 that refuses every token; online as far as huggingface_hub can tell."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), TokenRefusingHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "token, message",
+    [
+        (None, "--push_to_hub needs a Hub token: run `hf auth login`, or pass --hub_token"),
+        ("hf_wrong", "refused the token"),
+    ],
+)
+def test_push_to_hub_without_a_valid_token_stops_before_evaluating(
+    evaluate_dito, image_dir, model_dirs, tmp_path, monkeypatch, capsys, local_hub, token, message
+):
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no token saved by `hf auth login` here
+    argv = ["--model", str(model_dirs / "vae"), "--data_dir", str(image_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--push_to_hub"] + (["--hub_token", token] if token else [])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_dito.parse_args(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_to_hub_with_the_hub_out_of_reach_stops_before_evaluating_in_one_line(image_dir, model_dirs, tmp_path):
+    with socket.socket() as sock:  # a port that nothing listens on: every connection is refused
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {**subprocess_env(tmp_path), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint, "HF_TOKEN": "hf_test"}
+    argv = ["--model", str(model_dirs / "vae"), "--data_dir", str(image_dir), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv, "--push_to_hub"], env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert f"--push_to_hub: cannot reach the Hub at {endpoint}" in lines[0]
     assert not (tmp_path / "out").exists()
 
 

@@ -11,10 +11,14 @@ them. How the pipelines save themselves, and their model card, is `diffusers_dit
 import os
 from pathlib import Path
 
-import httpx
 import huggingface_hub
 from diffusers import FlowMatchEulerDiscreteScheduler
-from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
 from ..atomic_files import atomic_write
 from ..models.autoencoder_dito import AutoencoderDiTo
@@ -163,11 +167,15 @@ def _hub_config_file(repo_id: str, cache_dir: str | None) -> str:
         raise ValueError(f"{missing} (expected {EXPECTED})") from None
     try:
         return huggingface_hub.hf_hub_download(repo_id, "config.json", cache_dir=cache_dir)
-    except (OSError, EntryNotFoundError, httpx.HTTPError) as err:
+    except (OSError, EntryNotFoundError) as err:  # huggingface_hub's HTTP and cache errors
         if huggingface_hub.constants.HF_HUB_OFFLINE:
             why = "not in the cache, and HF_HUB_OFFLINE is set"
-        elif isinstance(err, huggingface_hub.errors.RepositoryNotFoundError):
+        elif isinstance(err, RepositoryNotFoundError):
             why = "no Hub model of that name (or it is private and no token was given)"
+        elif isinstance(err, LocalEntryNotFoundError):
+            why = "not in the cache, and the Hub could not be reached"
+        elif isinstance(err, EntryNotFoundError):
+            why = "the Hub model has no config.json"
         else:
             why = f"{type(err).__name__} asking the Hub"
         raise ValueError(f"{missing}, nor a Hub model it can read ({why}); expected {EXPECTED}") from None

@@ -21,6 +21,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageOps
 import torch
+from huggingface_hub.errors import HfHubHTTPError
 
 from diffusers_dito.hub import push_folder_to_hub
 from diffusers_dito.pipelines.loading import update_model_card
@@ -229,9 +230,28 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_hub_arguments(args: argparse.Namespace) -> str | None:
-    """Why `--push_to_hub` cannot work (offline mode), or None: checked before a long evaluation, not after it."""
-    if args.push_to_hub and huggingface_hub.is_offline_mode():
+    """Why `--push_to_hub` cannot work, or None: checked before a long evaluation, not after it. Offline mode, no
+    token, a Hub that cannot be reached and a token the Hub refuses are each found by asking who the token is."""
+    if not args.push_to_hub:
+        return None
+    if huggingface_hub.is_offline_mode():
         return "--push_to_hub needs the network, but HF_HUB_OFFLINE is set: unset it, or leave out --push_to_hub"
+    token = args.hub_token or huggingface_hub.get_token()
+    if token is None:
+        return "--push_to_hub needs a Hub token: run `hf auth login`, or pass --hub_token"
+    endpoint = huggingface_hub.constants.ENDPOINT
+    try:
+        huggingface_hub.HfApi(endpoint=endpoint).whoami(token=token)
+    except HfHubHTTPError as err:  # the Hub answered
+        status = err.response.status_code if err.response is not None else None
+        if status in (401, 403):
+            return f"--push_to_hub: the Hub at {endpoint} refused the token: run `hf auth login`, or pass --hub_token"
+        return f"--push_to_hub: the Hub at {endpoint} answered HTTP {status}; try again later"
+    except Exception as err:  # the HTTP client's own connection errors, which huggingface_hub does not wrap
+        return (
+            f"--push_to_hub: cannot reach the Hub at {endpoint} ({type(err).__name__}: {err}); check the network, "
+            "or leave out --push_to_hub"
+        )
     return None
 
 
@@ -248,7 +268,7 @@ def publish_metrics(args: argparse.Namespace, output_dir: Path, metrics: dict) -
     if args.push_to_hub:
         try:
             push_folder_to_hub(folder, args.hub_model_id or folder.name, token=args.hub_token)
-        except (OSError, ValueError) as err:  # huggingface_hub's HTTP, offline and repo-name errors
+        except Exception as err:  # huggingface_hub's HTTP, offline and repo-name errors, and its client's own
             raise SystemExit(f"error: could not push {folder} to the Hub: {err}") from None
 
 
