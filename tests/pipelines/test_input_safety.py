@@ -45,6 +45,18 @@ def test_decode_of_absurdly_scaled_latents_raises_instead_of_a_black_image(vae):
         vae.decode(z, num_inference_steps=1)
 
 
+def test_nan_weights_are_named_as_the_cause_not_the_latents(vae):
+    broken = AutoencoderDiTo(**tiny_dito_config())
+    broken.load_state_dict(vae.state_dict())
+    with torch.no_grad():
+        broken.decoder_unet.conv_out.weight[0, 0, 0, 0] = math.nan
+    z = vae.encode(torch.rand(1, 3, 16, 16) * 2 - 1).latents
+    cause = r"the decoder's weights hold NaN or inf.*decoder_unet\.conv_out\.weight"
+    with pytest.raises(ValueError, match=cause) as err:
+        broken.decode(z, num_inference_steps=1)
+    assert "scaled wrongly" not in str(err.value)
+
+
 def test_pipeline_rejects_non_finite_arrays(pipe):
     image = np.full((16, 16, 3), 0.5, dtype=np.float32)
     image[2, 2, 0] = np.nan
@@ -64,6 +76,9 @@ def test_pipeline_rejects_non_finite_arrays(pipe):
         ("num_inference_steps", 0),
         ("num_inference_steps", 10**12),
         ("scaling_factor", 0.0),
+        ("scaling_factor", None),  # `null` in a config.json
+        ("shift_factor", None),
+        ("encoder_norm_num_groups", None),
     ],
 )
 def test_impossible_configs_raise_a_value_error_naming_the_field(field, value):

@@ -90,7 +90,9 @@ def _check_config(config: dict) -> None:
         widths, groups = list(config[widths_name]), config[groups_name]
         if not widths or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in widths):
             raise ValueError(f"Config `{widths_name}` must be positive ints, got {widths}.")
-        if groups < 1 or any(c % groups for c in widths):
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"Config `{groups_name}` must be an int >= 1, got {groups!r}.")
+        if any(c % groups for c in widths):
             raise ValueError(f"Config `{widths_name}` {widths} must be multiples of `{groups_name}` = {groups}.")
     eps = config["layer_norm_eps"]
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
@@ -99,8 +101,10 @@ def _check_config(config: dict) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_INFERENCE_STEPS:
         raise ValueError(f"Config `num_inference_steps` must be an int in [1, {MAX_INFERENCE_STEPS}], got {steps!r}.")
     for name in ("scaling_factor", "shift_factor"):
-        if not math.isfinite(config[name]) or (name == "scaling_factor" and config[name] == 0):
-            raise ValueError(f"Config `{name}` must be finite (and the scaling non-zero), got {config[name]!r}.")
+        value = config[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or (name == "scaling_factor" and value == 0):
+            raise ValueError(f"Config `{name}` must be a finite number (the scaling non-zero), got {value!r}.")
     proj_dim, shift = config.get("decoder_time_proj_dim"), config.get("decoder_freq_shift", 0)
     if proj_dim is not None and (isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 2):
         raise ValueError(f"Config `decoder_time_proj_dim` must be None or an int >= 2, got {proj_dim!r}.")
@@ -528,9 +532,15 @@ class AutoencoderDiTo(
                 sample = self._callback_sample(callback_on_step_end(i, t, callback_kwargs), sample)
         return sample.clamp(-1, 1)
 
-    @staticmethod
-    def _describe_decoded(z: torch.Tensor) -> str:
-        """What `decode`'s finiteness check calls its output: with the range of `z`, a hint at the usual cause."""
+    def _describe_decoded(self, z: torch.Tensor) -> str:
+        """What `decode`'s finiteness check calls its output, with the likely cause: the decoder's own weights where
+        they hold NaN or inf, else the range of `z`."""
+        broken = [name for name, weight in self.decoder_unet.named_parameters() if not torch.isfinite(weight).all()]
+        if broken:
+            return (
+                f"The decoded images (the decoder's weights hold NaN or inf, in {len(broken)} tensors such as "
+                f"`decoder_unet.{broken[0]}`: the model's weights are broken, not the latents)"
+            )
         return (
             f"The decoded images (latents ranged over [{z.min().item():.3g}, {z.max().item():.3g}]; DiTo latents are "
             "layer-normalised, so values far beyond ±10 mean they were scaled wrongly)"
