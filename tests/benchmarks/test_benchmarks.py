@@ -183,12 +183,15 @@ def load_benchmark(script: str, siblings: tuple[str, ...] = ()):
     """A benchmark script as a module. Its shared helpers come from the package (`diffusers_dito.benchmarking`); the
     `siblings` it imports from benchmarks/ (`bench_decode`), as a script run from there finds them, are found here
     through benchmarks/ on sys.path for the duration of the import."""
+    path = BENCHMARKS / script
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    if not siblings:
+        spec.loader.exec_module(module)
+        return module
     had = {name for name in siblings if name in sys.modules}
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        path = BENCHMARKS / script
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCHMARKS))
