@@ -53,7 +53,7 @@ from diffusers_dito.training.objectives import (
     teacher_targets,
 )
 from diffusers_dito.training.reliability import lock_output_dir, run_script
-from diffusers_dito.training.trained_weights import create_ema
+from diffusers_dito.training.trained_weights import create_ema, trained_parameters
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -233,12 +233,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     student = build_student(
         args.teacher_model_name_or_path, args.student_steps, args.cache_dir, args.gradient_checkpointing
     ).to(accelerator.device, memory_format=performance.memory_format(args))
-    # The EMA covers every weight: the frozen encoder's shadow is copied, not averaged, so it stays bit-identical.
-    weights = list(student.parameters())
-    trainable = [p for p in weights if p.requires_grad]  # the decoder's
-    ema = create_ema(weights, student, args.ema_decay, lora=False, device=accelerator.device) if args.use_ema else None
-
-    optimizer, lr_scheduler = create_optimizer(trainable, args, accelerator)
+    optimizer, lr_scheduler = create_optimizer(trained_parameters(student), args, accelerator)  # the decoder's
     objective = DistillationObjective(
         student, args.student_steps, args.data_loss_weight, args.loss_type, args.laplacian_levels,
         args.laplacian_fine_weight, args.swd_loss_weight, args.swd_noise,
@@ -246,8 +241,14 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     objective, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         objective, optimizer, train_dataloader, lr_scheduler
     )
+    # Listed after prepare (FSDP replaces them with sharded ones). The EMA covers every weight: the frozen encoder's
+    # shadow is copied, not averaged, so it stays bit-identical.
+    weights, trainable = list(student.parameters()), trained_parameters(student)
+    ema = create_ema(weights, student, args.ema_decay, lora=False, device=accelerator.device) if args.use_ema else None
     # Every checkpoint-N/ holds vae/ (the student) and vae_ema/ save_pretrained folders.
-    run = TrainingRun(accelerator, args, train_dataloader, student, ema, weights, name="vae", logged=LOSS_LOGS)
+    run = TrainingRun(
+        accelerator, args, train_dataloader, objective, student, ema, weights, name="vae", logged=LOSS_LOGS
+    )
 
     # ---- schedule and resume
     dataset_size = None if args.streaming else len(train_dataset)
@@ -290,15 +291,17 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
             # After an optimizer step: EMA, logs, the run's checks and the checkpoint, in TrainingRun.
             end = run.end_batch()
-            if end.validate and validation_images is not None:
-                with run.validation():  # the weights that will be saved
-                    log_validation(student, teacher, validation_images, args, accelerator, run.progress.global_step,
-                                   teacher_steps)  # fmt: skip
+            if end.validate:  # every rank: under FSDP the weights are gathered from all of them
+                with run.validation() as model:  # the weights that will be saved (whole, on the main process)
+                    if model is not None and validation_images is not None:  # the images: main process
+                        log_validation(model, teacher, validation_images, args, accelerator,
+                                       run.progress.global_step, teacher_steps)  # fmt: skip
             if end.stop:
                 break
 
-    if run.finish():  # on the main process, with the EMA weights swapped in for good
-        save_final_model(student, args, teacher_steps)
+    final = run.finish()  # the final weights (the EMA's with --use_ema), whole, on the main process
+    if final is not None:
+        save_final_model(final, args, teacher_steps)
     run.close()
     return student
 

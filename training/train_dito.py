@@ -41,7 +41,12 @@ from diffusers_dito.training.data import image_training_data, seed_from
 from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
 from diffusers_dito.training.objectives import DiToTrainingObjective
 from diffusers_dito.training.reliability import lock_output_dir, run_script
-from diffusers_dito.training.trained_weights import save_lora_adapter, setup_trained_weights
+from diffusers_dito.training.trained_weights import (
+    create_ema,
+    save_lora_adapter,
+    setup_trained_weights,
+    trained_parameters,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -220,7 +225,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     vae = build_vae(args).train()  # from_pretrained returns eval mode
     if args.resolution % vae.downsample_factor:
         raise ValueError(f"--resolution {args.resolution} is not divisible by {vae.downsample_factor}.")
-    trainable, ema = setup_trained_weights(
+    trainable = setup_trained_weights(
         vae, args, accelerator.device, accelerator.mixed_precision, lora_target_regex(args.lora_target_modules)
     )
 
@@ -232,9 +237,11 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     objective, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         objective, optimizer, train_dataloader, lr_scheduler
     )
+    trainable = trained_parameters(vae)  # again: FSDP has replaced them with sharded ones, which the EMA follows
+    ema = create_ema(trainable, vae, args.ema_decay, args.lora_rank > 0, accelerator.device) if args.use_ema else None
     # Every checkpoint-N/ holds vae/ and vae_ema/ save_pretrained folders (vae_lora/, vae_lora_ema/ with LoRA).
     logged = FLAG_LOGS | (LPIPS_LOGS if args.lpips_weight > 0 else {})
-    run = TrainingRun(accelerator, args, train_dataloader, vae, ema, trainable, name="vae", logged=logged)
+    run = TrainingRun(accelerator, args, train_dataloader, objective, vae, ema, trainable, name="vae", logged=logged)
 
     # ---- schedule and resume
     dataset_size = None if args.streaming else len(train_dataset)
@@ -267,14 +274,16 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
             # After an optimizer step: EMA, logs, the run's checks and the checkpoint, in TrainingRun.
             end = run.end_batch()
-            if end.validate and validation_images is not None:
-                with run.validation():  # the weights that will be saved
-                    log_validation(vae, validation_images, args, accelerator, run.progress.global_step)
+            if end.validate:  # every rank: under FSDP the weights are gathered from all of them
+                with run.validation() as model:  # the weights that will be saved (whole, on the main process)
+                    if model is not None and validation_images is not None:  # the images: main process
+                        log_validation(model, validation_images, args, accelerator, run.progress.global_step)
             if end.stop:
                 break
 
-    if run.finish():  # on the main process, with the EMA weights swapped in for good
-        save_final_model(vae, args)
+    final = run.finish()  # the final weights (the EMA's with --use_ema), whole, on the main process
+    if final is not None:
+        save_final_model(final, args)
     run.close()
     return vae
 

@@ -46,7 +46,12 @@ from diffusers_dito.training.data import (
 )
 from diffusers_dito.training.loop import TrainingRun, create_optimizer, masked_mean
 from diffusers_dito.training.reliability import lock_output_dir, run_script
-from diffusers_dito.training.trained_weights import save_lora_adapter, setup_trained_weights
+from diffusers_dito.training.trained_weights import (
+    create_ema,
+    save_lora_adapter,
+    setup_trained_weights,
+    trained_parameters,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -293,7 +298,7 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
 
     # ---- the transformer
     transformer = build_transformer(args, vae, len(names))
-    trainable, ema = setup_trained_weights(
+    trainable = setup_trained_weights(
         transformer, args, accelerator.device, accelerator.mixed_precision, lora_target_regex(args.lora_target_modules)
     )
     lora = args.lora_rank > 0
@@ -302,9 +307,11 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         transformer, optimizer, train_dataloader, lr_scheduler
     )
+    trainable = trained_parameters(transformer)  # again: FSDP has replaced them with sharded ones
+    ema = create_ema(trainable, transformer, args.ema_decay, lora, accelerator.device) if args.use_ema else None
     # Every checkpoint-N/ holds transformer/ and transformer_ema/ (transformer_lora/, transformer_lora_ema/ with LoRA).
     run = TrainingRun(
-        accelerator, args, train_dataloader, transformer, ema, trainable, name="transformer", logged=FLAG_LOGS
+        accelerator, args, train_dataloader, model, transformer, ema, trainable, name="transformer", logged=FLAG_LOGS
     )
 
     # ---- schedule and resume
@@ -339,14 +346,16 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
 
             # After an optimizer step: EMA, logs, the run's checks and the checkpoint, in TrainingRun.
             end = run.end_batch()
-            if end.validate and accelerator.is_main_process:
-                with run.validation():  # sample with the weights that will be saved
-                    log_validation(transformer, vae, names, args, accelerator, run.progress.global_step)
+            if end.validate:
+                with run.validation() as model:  # sample with the weights that will be saved (whole)
+                    if model is not None and accelerator.is_main_process:
+                        log_validation(model, vae, names, args, accelerator, run.progress.global_step)
             if end.stop:
                 break
 
-    if run.finish():  # on the main process, with the EMA weights swapped in for good
-        save_final_model(transformer, vae, names, args)
+    final = run.finish()  # the final weights (the EMA's with EMA), whole, on the main process
+    if final is not None:
+        save_final_model(final, vae, names, args)
     run.close()
     return transformer
 

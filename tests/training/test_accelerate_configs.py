@@ -64,7 +64,8 @@ def test_fsdp_config_wraps_blocks_of_its_model(name, model_class, model_config, 
         if key.startswith("FSDP_"):
             monkeypatch.setenv(key, value)
     plugin = FullyShardedDataParallelPlugin()
-    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    # DiT reads block 0's embedding after every block has run: its blocks stay gathered until the backward pass.
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is (model_class is AutoencoderDiTo)
     with torch.device("meta"):
         model = model_class.from_config(model_config)
     plugin.set_auto_wrap_policy(model)  # raises if a class to wrap is not in the model

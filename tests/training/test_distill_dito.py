@@ -15,6 +15,7 @@ from test_train_dito import _free_port, read_dump, vae_weights
 from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from diffusers_dito.sample_data import split_crops
 from diffusers_dito.training import objectives
+from diffusers_dito.training.sharding import TEST_FSDP_ON_CPU_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "distill_dito.py"
@@ -233,13 +234,13 @@ def test_swd_term_scores_a_fresh_noise_decode_against_the_targets(distill_dito, 
         assert torch.equal(out["per_sample_loss"], out["distill_loss"]) and not out["swd_loss"].any()
 
 
-def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
-    env = cpu_launch_env(tmp_path)
+def test_two_cpu_processes_distil_in_sync_under_fsdp(teacher_dir, image_dir, tmp_path):
+    env = {**cpu_launch_env(tmp_path), TEST_FSDP_ON_CPU_ENV: "1"}  # FSDP2 on the CPU processes (test-only)
     dump = tmp_path / "dump"
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--config_file", str(REPO / "accelerate_configs" / "fsdp_8gpu_dito_xl.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
         str(SCRIPT),
         "--teacher_model_name_or_path", str(teacher_dir), "--teacher_steps", "2", "--train_data_dir", str(image_dir),
         "--max_train_samples", "8", "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3",
@@ -252,7 +253,8 @@ def test_two_cpu_processes_distil_in_sync(teacher_dir, image_dir, tmp_path):
     ranks = [read_dump(dump, rank) for rank in (0, 1)]
     first_epoch = [set(r["sample_indices"][:4]) for r in ranks]
     assert first_epoch[0].isdisjoint(first_epoch[1]) and first_epoch[0] | first_epoch[1] == set(range(8))
-    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # of the weights gathered from the shards
+    assert all(0.3 < r["local_parameter_fraction"] < 0.7 for r in ranks)  # sharded
     assert ranks[0]["global_step"] == 3 and ranks[0]["images_seen"] == 12
     assert DiToPipeline.from_pretrained(tmp_path / "out").vae.config.num_inference_steps == 1
 

@@ -16,6 +16,7 @@ from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, 
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
+from diffusers_dito.training.sharding import TEST_FSDP_ON_CPU_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "train_latent_dit.py"
@@ -272,13 +273,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_cpu_processes_share_the_cache_and_stay_in_sync(class_dir, dito_dir, tmp_path):
+def test_two_cpu_processes_share_the_cache_and_stay_in_sync_under_fsdp(class_dir, dito_dir, tmp_path):
     dump, cache = tmp_path / "dump", tmp_path / "cache"
-    env = cpu_launch_env(tmp_path)
+    env = {**cpu_launch_env(tmp_path), TEST_FSDP_ON_CPU_ENV: "1"}  # FSDP2 on the CPU processes (test-only)
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--config_file", str(REPO / "accelerate_configs" / "fsdp_8gpu_dit_xl.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
         str(SCRIPT),
         "--vae_model_name_or_path", str(dito_dir), "--train_data_dir", str(class_dir), "--dit_preset", "dit-tiny",
         "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3", "--checkpointing_steps", "2",
@@ -296,7 +297,8 @@ def test_two_cpu_processes_share_the_cache_and_stay_in_sync(class_dir, dito_dir,
     assert [r["process_index"] for r in ranks] == [0, 1] and ranks[0]["num_processes"] == 2
     first_epoch = [set(r["sample_indices"][:4]) for r in ranks]
     assert first_epoch[0].isdisjoint(first_epoch[1]) and first_epoch[0] | first_epoch[1] == set(range(8))
-    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # of the weights gathered from the shards
+    assert all(0.3 < r["local_parameter_fraction"] < 0.7 for r in ranks)  # sharded
     assert ranks[0]["global_step"] == 3 and ranks[0]["images_seen"] == 12
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}

@@ -142,6 +142,43 @@ def check_generators(generator, batch_size: int) -> None:
         raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images.")
 
 
+def consistency_decoder_unet(
+    in_channels: int,
+    out_channels: int,
+    block_out_channels: tuple[int, ...],
+    layers_per_block: int,
+    norm_num_groups: int,
+    time_embedding_dim: int | None,
+    time_proj_dim: int | None,
+    freq_shift: int,
+    add_attention: bool,
+) -> UNet2DModel:
+    """DiTo's decoder: diffusers' `UNet2DModel` in the consistency-decoder layout (ResNet-only down/up blocks with
+    scale-shift time conditioning), its timestep sinusoid `time_proj_dim` wide (None: c0) with `freq_shift`."""
+    unet = UNet2DModel(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("ResnetDownsampleBlock2D",) * len(block_out_channels),
+        up_block_types=("ResnetUpsampleBlock2D",) * len(block_out_channels),
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        time_embedding_type="positional",
+        time_embedding_dim=time_embedding_dim,
+        flip_sin_to_cos=True,
+        freq_shift=freq_shift,
+        resnet_time_scale_shift="scale_shift",
+        add_attention=add_attention,
+    )
+    c0 = block_out_channels[0]
+    if time_proj_dim is not None and time_proj_dim != c0:
+        # UNet2DModel ties the sinusoid's width to c0; the official DiTo-B/L decoders use a 320-wide one. Only its
+        # width differs, so diffusers' own `Timesteps` and `TimestepEmbedding` are built at that width instead.
+        unet.time_proj = Timesteps(time_proj_dim, True, freq_shift)
+        unet.time_embedding = TimestepEmbedding(time_proj_dim, time_embedding_dim or 4 * c0)
+    return unet
+
+
 class AutoencoderDiTo(
     SafetensorsOnlyMixin, RemoteCodeMixin, ModelMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin
 ):
@@ -245,30 +282,17 @@ class AutoencoderDiTo(
             double_z=False,  # deterministic latent: no log-variance channels
             mid_block_add_attention=encoder_mid_block_add_attention,
         )
-        # The consistency-decoder UNet layout: ResNet-only down/up blocks with scale-shift time conditioning.
-        self.decoder_unet = UNet2DModel(
-            in_channels=out_channels + latent_channels,  # noisy image ++ nearest-upsampled latent
-            out_channels=out_channels,
-            block_out_channels=tuple(decoder_block_out_channels),
-            down_block_types=("ResnetDownsampleBlock2D",) * len(decoder_block_out_channels),
-            up_block_types=("ResnetUpsampleBlock2D",) * len(decoder_block_out_channels),
-            layers_per_block=decoder_layers_per_block,
-            norm_num_groups=decoder_norm_num_groups,
-            time_embedding_type="positional",
-            time_embedding_dim=decoder_time_embedding_dim,
-            flip_sin_to_cos=True,
-            freq_shift=decoder_freq_shift,
-            resnet_time_scale_shift="scale_shift",
-            add_attention=decoder_add_attention,
+        self.decoder_unet = consistency_decoder_unet(
+            out_channels + latent_channels,  # noisy image ++ nearest-upsampled latent
+            out_channels,
+            decoder_block_out_channels,
+            decoder_layers_per_block,
+            decoder_norm_num_groups,
+            decoder_time_embedding_dim,
+            decoder_time_proj_dim,
+            decoder_freq_shift,
+            decoder_add_attention,
         )
-        c0 = decoder_block_out_channels[0]
-        if decoder_time_proj_dim is not None and decoder_time_proj_dim != c0:
-            # UNet2DModel ties the sinusoid's width to c0; the official DiTo-B/L decoders use a 320-wide one. Only its
-            # width differs, so diffusers' own `Timesteps` and `TimestepEmbedding` are built at that width instead.
-            self.decoder_unet.time_proj = Timesteps(decoder_time_proj_dim, True, decoder_freq_shift)
-            self.decoder_unet.time_embedding = TimestepEmbedding(
-                decoder_time_proj_dim, decoder_time_embedding_dim or 4 * c0
-            )
         # Not saved with the weights: any diffusers FlowMatch* scheduler may be swapped in (`vae.scheduler = ...`).
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
         self.use_slicing = False

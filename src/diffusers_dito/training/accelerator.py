@@ -15,7 +15,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from . import performance
+from . import performance, sharding
+from .reliability import RunError
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -32,10 +33,15 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=output_dir / args.logging_dir),
         dynamo_plugin=performance.dynamo_plugin(args),  # --torch_compile: prepare() compiles the model
     )
+    sharding.apply_test_fsdp_switch(accelerator)  # test-only (DITO_TEST_FSDP_ON_CPU): FSDP2 on CPU processes
     if args.allow_tf32:
         performance.set_tf32(True)
     performance.warn_if_slow_precision(accelerator, logger)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    if (ignored := sharding.fsdp_config_ignored_message(accelerator)) is not None:
+        logger.warning(ignored)
+    if sharding.is_sharded(accelerator) and getattr(args, "lora_rank", 0) > 0:
+        raise RunError("--lora_rank is not supported under FSDP (adapters are small): launch with a DDP config.")
     logger.info(accelerator.state, main_process_only=False)
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()

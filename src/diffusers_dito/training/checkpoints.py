@@ -29,7 +29,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 
-from .trained_weights import ema_weights, load_ema_folder, load_lora_state
+from . import sharding
+from .trained_weights import ema_weights, load_ema_folder, load_lora_state, save_ema_folder
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -95,11 +96,13 @@ def list_checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
 
 
 def check_finite_weights(model: torch.nn.Module, ema: EMAModel | None, what: str) -> None:
-    """Refuse to save NaN or infinite weights (model or EMA): raise NonFiniteWeightsError naming a few tensors."""
+    """Refuse to save NaN or infinite weights (model or EMA): raise NonFiniteWeightsError naming a few tensors. Under
+    FSDP each rank checks its shards and the verdict is all-reduced, so every rank raises alike."""
     tensors = [(name, t) for name, t in model.state_dict().items() if t.is_floating_point()]
     if ema is not None:
         tensors += [(f"EMA of trained tensor {i}", t) for i, t in enumerate(ema.shadow_params)]
-    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).cpu()  # one sync for all tensors
+    finite = torch.stack([torch.isfinite(sharding.local(t)).all() for _, t in tensors]).float()  # one sync for all
+    finite = sharding.all_ranks_agree(finite, [t for _, t in tensors]).cpu()
     bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
     if bad:
         raise NonFiniteWeightsError(
@@ -188,6 +191,9 @@ def register_checkpoint_hooks(
         accelerator.register_for_checkpointing(ema)  # LoRA EMA has no model class to save_pretrained
 
     def save_model_hook(models, weights, checkpoint_dir):
+        if sharding.is_sharded(accelerator):  # accelerate saves the shards (for resume); these folders are whole
+            save_gathered_folders(accelerator, models[0], model, name, ema, checkpoint_dir)
+            return
         if accelerator.is_main_process:
             if lora:
                 model.save_lora_adapter(os.path.join(checkpoint_dir, f"{name}_lora"))
@@ -201,6 +207,10 @@ def register_checkpoint_hooks(
         weights.clear()  # already saved above: keep accelerate from writing a second copy
 
     def load_model_hook(models, checkpoint_dir):
+        if sharding.is_sharded(accelerator):  # accelerate has loaded the sharded model: only the EMA is ours
+            if ema is not None:
+                load_ema_folder(ema, os.path.join(checkpoint_dir, f"{name}_ema"), sharding.original_class(model))
+            return
         models.pop()  # loaded here: keep accelerate from looking for its own weights file
         if lora:
             load_lora_state(model, os.path.join(checkpoint_dir, f"{name}_lora"))
@@ -213,6 +223,19 @@ def register_checkpoint_hooks(
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
     return progress
+
+
+def save_gathered_folders(
+    accelerator: Accelerator, root: torch.nn.Module, model: torch.nn.Module, name: str, ema: EMAModel | None, folder
+) -> None:
+    """Under FSDP: `name/` and `name_ema/` `save_pretrained` folders of the whole weights, gathered from every rank
+    (all of them call this) and written by the main process."""
+    copy = sharding.gathered_copy(accelerator, root, model)
+    shadows = [sharding.full(p) for p in ema.shadow_params] if ema is not None else None
+    if accelerator.is_main_process:
+        copy.save_pretrained(os.path.join(folder, name))
+        if ema is not None:
+            save_ema_folder(ema, shadows, copy, os.path.join(folder, f"{name}_ema"))
 
 
 def run_signature(args, num_processes: int, dataset_size: int | None, model_config) -> dict:

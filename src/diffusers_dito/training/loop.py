@@ -29,6 +29,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from . import sharding
 from .accelerator import StepStatistics, StepTotals, init_trackers, log_banner
 from .checkpoints import (
     NonFiniteWeightsError,
@@ -155,10 +156,11 @@ class TrainingRun:
     save, resume, the trackers and banner, the step's statistics and logs, the EMA, the run guard (SIGTERM,
     non-finite streaks, unreadable data), checkpoints, and the end of the run.
 
-    `model` is the one model given to `accelerator.prepare` (inside a wrapper or not); it is saved as `name/` in every
-    checkpoint (`name_ema/` with an EMA, `name_lora/` with `--lora_rank`). `ema_params` are the parameters the EMA
-    follows. `logged` maps the per-sample values that the script's loss returns to their logged means (a flag's mean
-    is a fraction). Used as a context manager around the loop, it holds the run guard and the progress bar.
+    `model` is the one model trained (inside the module `prepared` by `accelerator.prepare`, or that module itself); it
+    is saved as `name/` in every checkpoint (`name_ema/` with an EMA, `name_lora/` with `--lora_rank`). `ema_params`
+    are the parameters the EMA follows, listed after `prepare`. `logged` maps the per-sample values that the script's
+    loss returns to their logged means (a flag's mean is a fraction). Used as a context manager around the loop, it
+    holds the run guard and the progress bar.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class TrainingRun:
         accelerator: Accelerator,
         args: argparse.Namespace,
         train_dataloader,
+        prepared: torch.nn.Module,
         model: torch.nn.Module,
         ema: EMAModel | None,
         ema_params: list[torch.nn.Parameter],
@@ -173,7 +176,8 @@ class TrainingRun:
         logged: dict[str, str],
     ):
         self.accelerator, self.args, self.train_dataloader = accelerator, args, train_dataloader
-        self.model, self.ema, self.ema_params, self.name, self.logged = model, ema, ema_params, name, logged
+        self.prepared, self.model, self.ema, self.ema_params = prepared, model, ema, ema_params
+        self.name, self.logged = name, logged
         self.test_hooks = install_test_hooks(args, accelerator, train_dataloader)  # None without the hidden flags
         self.progress = register_checkpoint_hooks(
             accelerator, model, name, ema, ema_params, lora=getattr(args, "lora_rank", 0) > 0
@@ -300,17 +304,19 @@ class TrainingRun:
 
     @contextlib.contextmanager
     def validation(self):
-        """The weights that will be saved (the EMA's, if any) for the block; its time does not count towards the next
-        step's throughput."""
+        """The model to validate, with the weights that will be saved (the EMA's, if any), for the block; its time
+        does not count towards the next step's throughput. Under FSDP every rank enters it, and the main process gets
+        a whole copy (`sharding.gathered_copy`), the others None."""
         with ema_weights(self.ema, self.ema_params):
-            yield
+            yield sharding.gathered_copy(self.accelerator, self.prepared, self.model)
         self.stats.reset()
 
     # ------------------------------------------------------------------------------------------ after the loop
-    def finish(self) -> bool:
+    def finish(self) -> torch.nn.Module | None:
         """Wait for every process; after a SIGTERM, exit with EXIT_CODE_SIGTERM (the checkpoint is written, the run is
-        not finished). Otherwise swap in the EMA weights for good and refuse non-finite weights. Returns whether this
-        process saves the final model (the main process); `close` follows."""
+        not finished). Otherwise swap in the EMA weights for good and refuse non-finite weights. Returns the model to
+        save on the main process (`model` itself, or its whole copy under FSDP) and None on the others; `close`
+        follows."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if self.test_hooks is not None:
@@ -329,7 +335,8 @@ class TrainingRun:
         except NonFiniteWeightsError:
             accelerator.end_training()
             raise
-        return accelerator.is_main_process
+        final = sharding.gathered_copy(accelerator, self.prepared, self.model)
+        return final if accelerator.is_main_process else None
 
     def close(self) -> None:
         """The run is finished: free the output folder for the next run, and end the trackers."""

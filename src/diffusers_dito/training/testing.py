@@ -26,6 +26,7 @@ from accelerate.tracking import GeneralTracker
 
 from .checkpoints import TMP_PREFIX
 from .reliability import StopRequest, resident_memory_bytes
+from .sharding import local
 from .trained_weights import weights_digest
 
 
@@ -101,7 +102,10 @@ class DebugRecorder(GeneralTracker):
             "corrupt_images": progress.corrupt_images,
             "too_small_images": progress.too_small_images,
             "images_seen": progress.images_seen,
-            "weights_sha256": weights_digest(model),
+            "weights_sha256": weights_digest(model),  # of the whole weights (gathered under FSDP)
+            # the share of the model's parameters this process holds: 1 unsharded, about 1/N under FSDP
+            "local_parameter_fraction": sum(local(p).numel() for p in model.parameters())
+            / sum(p.numel() for p in model.parameters()),
             "interrupted": interrupted,
             "rss_bytes": self.rss_bytes,
             "step_logs": self.step_logs,

@@ -13,6 +13,7 @@ from diffusers.training_utils import EMAModel, cast_training_params
 from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
 
+from . import sharding
 from .performance import memory_format
 
 logger = get_logger(__name__, log_level="INFO")
@@ -45,10 +46,29 @@ def ema_weights(ema: EMAModel | None, params: list[torch.nn.Parameter]):
 
 
 def load_ema_folder(ema: EMAModel, folder: str, model_cls: type) -> None:
-    """Restore an EMA written by `EMAModel.save_pretrained`: weights in the model file, counters in its config."""
+    """Restore an EMA written by `EMAModel.save_pretrained`: weights in the model file, counters in its config. A
+    sharded EMA (FSDP) gets each rank's slice of the saved weights."""
     state = {k: v for k, v in model_cls.load_config(folder).items() if k in ema.state_dict()}
-    state["shadow_params"] = [p.detach() for p in model_cls.from_pretrained(folder).parameters()]
+    saved = [p.detach() for p in model_cls.from_pretrained(folder).parameters()]
+    state["shadow_params"] = [sharding.shard_like(whole, p) for whole, p in zip(saved, ema.shadow_params)]
     ema.load_state_dict(state)
+
+
+def save_ema_folder(ema: EMAModel, shadows: list[torch.Tensor], model: torch.nn.Module, folder: str) -> None:
+    """`EMAModel.save_pretrained` from the EMA's whole tensors `shadows` (gathered from the shards under FSDP):
+    `model`, a plain copy of the model whose parameters the EMA follows, takes them and the EMA's counters."""
+    state = ema.state_dict()
+    state.pop("shadow_params")
+    model.register_to_config(**state)
+    with torch.no_grad():
+        for param, shadow in zip(model.parameters(), shadows, strict=True):
+            param.copy_(shadow)
+    model.save_pretrained(folder)
+
+
+def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that train. List them after `accelerator.prepare`: FSDP replaces them with sharded ones."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, target_regex: str) -> None:
@@ -66,9 +86,9 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, target_rege
 
 def setup_trained_weights(
     model: torch.nn.Module, args, device: torch.device, mixed_precision: str, lora_target_regex: str
-) -> tuple[list[torch.nn.Parameter], EMAModel | None]:
-    """LoRA adapters (with --lora_rank), gradient checkpointing and the device; returns the trained parameters and
-    their EMA (with --use_ema)."""
+) -> list[torch.nn.Parameter]:
+    """LoRA adapters (with --lora_rank), gradient checkpointing and the device; returns the trained parameters, for
+    the optimizer. The EMA is made after `accelerator.prepare` (`trained_parameters`)."""
     lora = args.lora_rank > 0
     if lora:
         add_lora(model, args.lora_rank, args.lora_alpha, lora_target_regex)
@@ -77,9 +97,7 @@ def setup_trained_weights(
     model.to(device, memory_format=memory_format(args))  # --channels_last: NHWC conv weights
     if lora:
         cast_frozen_weights(model, mixed_precision)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    ema = create_ema(trainable, model, args.ema_decay, lora, device) if args.use_ema else None
-    return trainable, ema
+    return trained_parameters(model)
 
 
 def cast_frozen_weights(model: torch.nn.Module, mixed_precision: str) -> None:
@@ -106,5 +124,5 @@ def weights_digest(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        digest.update(sharding.full(tensor).detach().float().cpu().numpy().tobytes())  # collective under FSDP
     return digest.hexdigest()
