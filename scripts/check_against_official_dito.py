@@ -16,6 +16,7 @@ result back with `convert_diffusers_to_dito.py`, rebuilds it with the official `
 
 import argparse
 import copy
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -47,9 +48,12 @@ def import_official(path: str):
     vit = types.ModuleType("timm.models.vision_transformer")
     vit.PatchEmbed = vit.Attention = vit.Mlp = object
     sys.modules.setdefault("timm.models.vision_transformer", vit)
-    sys.path.insert(0, path)  # the official code is a folder of modules, not a package
-    import models
-
+    # The official code imports its package as the top-level `models`: register it under that name, from its folder.
+    init = Path(path) / "models" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("models", init, submodule_search_locations=[str(init.parent)])
+    models = importlib.util.module_from_spec(spec)
+    sys.modules["models"] = models
+    spec.loader.exec_module(models)
     return models
 
 
