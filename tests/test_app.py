@@ -6,10 +6,12 @@ them). Without a browser or its driver the browser test is skipped, with the rea
 `DITO_APP_SCREENSHOT=PATH` keeps its screenshot (docs/results/app/screenshot.png is made so; see docs/app.md).
 """
 
+import concurrent.futures
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,12 +19,20 @@ import time
 import urllib.request
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
 import pytest
+from diffusers.hooks import HookRegistry, ModelHook
 
-from diffusers_dito.app import DiToReconstructor, held_out_example, resolve_model_folders, write_examples
+from diffusers_dito.app import (
+    DiToReconstructor,
+    ReconstructionStopped,
+    held_out_example,
+    resolve_model_folders,
+    write_examples,
+)
 from diffusers_dito.cli import main
 from diffusers_dito.pipelines.loading import load_reconstruction_pipeline
 
@@ -120,7 +130,7 @@ def test_bad_inputs_give_one_clear_message(reconstructor, cli_folders, tmp_path)
     noise_image(1200, 1000).save(tmp_path / "large.png")
     with pytest.raises(ValueError, match=r"1200×1000 px \(1\.2 MP\).* up to 1 MP.*--max-megapixels 2"):
         reconstructor.read(tmp_path / "large.png")
-    with pytest.raises(ValueError, match="Steps must be in"):
+    with pytest.raises(ValueError, match="Steps must be a whole number in"):
         reconstructor.reconstruct(noise_image(16, 16), steps=51)
     with pytest.raises(ValueError, match="sampler must be one of"):
         reconstructor.reconstruct(noise_image(16, 16), sampler="DDIM")
@@ -128,6 +138,61 @@ def test_bad_inputs_give_one_clear_message(reconstructor, cli_folders, tmp_path)
         with pytest.raises(ValueError, match="seed must be an integer"):
             reconstructor.reconstruct(noise_image(16, 16), seed=seed)
     assert reconstructor.read(cli_folders / "gray.jpg").mode == "RGB"
+
+
+def test_the_pixel_limit_counts_the_pixels_once_padded(reconstructor, tmp_path):
+    PIL.Image.new("RGB", (1_000_000, 1)).save(tmp_path / "strip.png")  # a 4 KB file, 1 MP; 8 MP once padded
+    with pytest.raises(ValueError, match=r"1000000×1 px, 1000000×8 once padded to a multiple of 8 \(8\.0 MP\)"):
+        reconstructor.read(tmp_path / "strip.png")
+    with pytest.raises(ValueError, match=r"1001×1000 px, 1008×1000 once padded .* \(1\.01 MP\); .* up to 1 MP"):
+        reconstructor.check_size(1001, 1000)  # not "(1.0 MP) ... up to 1 MP"
+
+
+def test_a_tiled_decode_is_bounded_in_tiles(reconstructor):
+    strip = PIL.Image.new("RGB", (125_000, 8))  # 1 MP, within the pixel limit; 651 tiles of 256² px a step
+    with pytest.raises(ValueError, match=r"takes 651 tiles a step; this app allows 64\. .*untick \*Tile large images"):
+        reconstructor.reconstruct(strip, steps=1, tiling=True)
+    assert reconstructor.tiles_per_step(1000, 1000) == 25  # a 1 MP square is well within
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"steps": 2.7}, "Steps must be a whole number in \\[1, 50\\], got 2.7"),
+        ({"steps": True}, "Steps must be a whole number"),
+        ({"tiling": "no"}, "Tiling must be true or false, got 'no'"),
+        ({"seed": 2.5}, "seed must be an integer"),
+    ],
+)
+def test_api_values_are_checked_not_coerced(reconstructor, setting, message):
+    with pytest.raises(ValueError, match=message):
+        reconstructor.reconstruct(noise_image(16, 16), **setting)
+    assert reconstructor.reconstruct(noise_image(16, 16), steps=2.0, seed=3.0)[0].label == "DiTo, 2 Euler steps"
+
+
+class SlowForward(ModelHook):
+    """`seconds` of sleep before every forward of the module it is registered on; counts the forwards."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return args, kwargs
+
+
+def test_a_request_stops_at_its_time_limit(cli_folders):
+    pipe = load_reconstruction_pipeline(cli_folders / "dito")
+    slow = SlowForward(0.05)
+    HookRegistry.check_if_exists_or_initialize(pipe.vae.decoder_unet).register_hook(slow, "slow")
+    reconstructor = DiToReconstructor(pipe, time_limit=0.5)
+    start = time.monotonic()
+    with pytest.raises(ReconstructionStopped, match="took longer than the 0.5 s this app gives a request"):
+        reconstructor.reconstruct(noise_image(16, 16), steps=50, sampler="Heun")  # 99 evaluations, 5 s or more
+    assert time.monotonic() - start < 3 and slow.calls < 30
+    assert reconstructor.reconstruct(noise_image(16, 16), steps=1)[0].image.size == (16, 16)  # the next one runs
 
 
 def test_examples_are_held_out_photos(tmp_path):
@@ -142,7 +207,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_launch_reaches_no_network(reconstructor, monkeypatch):
+def test_launch_reaches_no_network_and_suggests_no_share_link(reconstructor, monkeypatch, capfd):
     pytest.importorskip("gradio", reason="the [app] extra is not installed")
     from diffusers_dito.app import launch
 
@@ -175,6 +240,179 @@ def test_launch_reaches_no_network(reconstructor, monkeypatch):
     finally:
         demo.close()
     assert outside == []
+    printed = capfd.readouterr()
+    assert "share=True" not in printed.out + printed.err  # Gradio's suggestion of a public link
+    assert f"serving on http://127.0.0.1:{port}" in printed.out
+
+
+def test_serving_beyond_loopback_warns_that_anyone_can_use_it(reconstructor, monkeypatch, capsys):
+    import gradio as gr
+
+    from diffusers_dito.app import launch
+
+    launched = {}
+
+    def fake_launch(blocks, **kwargs):  # nothing is bound: the test serves no other address than loopback
+        launched.update(kwargs)
+        blocks.server_port = kwargs["server_port"]
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    launch(reconstructor.pipe, host="0.0.0.0", port=7860, prevent_thread_lock=True)
+    assert launched["server_name"] == "0.0.0.0" and launched["share"] is False
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0, so anyone who can reach this machine can upload images" in err, err
+    assert "without a login" in err and "ssh -L" in err
+
+
+def test_a_busy_port_is_named_before_the_model_is_loaded(cli_folders, capsys, monkeypatch):
+    from diffusers_dito import cli
+
+    monkeypatch.setattr(cli, "_load_pipeline", lambda *args: pytest.fail("the model was loaded first"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["app", "--model", str(cli_folders / "dito"), "--port", str(port)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"--port {port}: cannot listen on 127.0.0.1:{port}" in lines[0], lines
+    assert "GRADIO_SERVER_PORT" not in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------------- served
+def peak_memory_mib(pid: int | str = "self") -> float:
+    """The peak resident memory (VmHWM) of a process, in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+
+
+@pytest.fixture(scope="module")
+def served(demo_folder):
+    """The app with the model and its student, served in this process on a free loopback port."""
+    pytest.importorskip("gradio", reason="the [app] extra is not installed")
+    from diffusers_dito.app import launch
+
+    pipe = load_reconstruction_pipeline(demo_folder / "pipeline")
+    port = free_port()
+    demo = launch(pipe, load_reconstruction_pipeline(demo_folder / "student"), port=port, prevent_thread_lock=True)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", pipe=pipe)
+    demo.close()
+
+
+LOAD_REQUESTS = [  # (width, height, steps, sampler, seed): small and all different
+    (24 + 3 * i, 16 + 2 * i, 1 + i % 3, ("Euler", "Heun")[i % 2], i) for i in range(12)
+]
+
+
+def reconstruction_pixels(result) -> list[np.ndarray]:
+    """The model's and the student's reconstructions of one response, as arrays."""
+    return [np.asarray(PIL.Image.open(result[k])) for k in (1, 3)]
+
+
+def test_concurrent_requests_are_all_answered_as_they_are_one_by_one(served, tmp_path):
+    from gradio_client import Client, handle_file
+
+    files = []
+    for i, (width, height, *_) in enumerate(LOAD_REQUESTS):
+        files.append(tmp_path / f"{i}.png")
+        noise_image(width, height, seed=i).save(files[-1])
+
+    def request(client, i):
+        _, _, steps, sampler, seed = LOAD_REQUESTS[i]
+        return client.predict(handle_file(files[i]), steps, sampler, seed, False, api_name="/reconstruct")
+
+    one_client = Client(served.url, verbose=False)
+    sequential = [reconstruction_pixels(request(one_client, i)) for i in range(len(LOAD_REQUESTS))]
+    clients = [Client(served.url, verbose=False) for _ in LOAD_REQUESTS]  # one per user
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        responses = list(pool.map(request, clients, range(len(clients))))
+    seconds = time.monotonic() - start
+    for i, response in enumerate(responses):
+        assert "PSNR" in response[5], response[5]
+        for concurrent_image, sequential_image in zip(reconstruction_pixels(response), sequential[i]):
+            np.testing.assert_array_equal(concurrent_image, sequential_image)
+    peak = peak_memory_mib()
+    print(
+        f"\napp load test: {len(clients)} concurrent requests answered in {seconds:.1f} s; peak memory {peak:.0f} MiB"
+    )
+    assert seconds <= 30
+
+
+def test_a_request_whose_client_has_gone_stops_and_the_next_is_answered(served, tmp_path):
+    from gradio_client import Client, handle_file
+
+    noise_image(1000, 1000).save(tmp_path / "large.png")  # 99 evaluations at 1 MP: minutes of work on a CPU
+    counter = SlowForward(0.0)
+    registry = HookRegistry.check_if_exists_or_initialize(served.pipe.vae.decoder_unet)
+    registry.register_hook(counter, "count")
+    client_code = (
+        "import sys; from gradio_client import Client, handle_file; "
+        "Client(sys.argv[1], verbose=False).predict(handle_file(sys.argv[2]), 50, 'Heun', 0, False, api_name='/run')"
+    )
+    leaving = subprocess.Popen([sys.executable, "-c", client_code, served.url, str(tmp_path / "large.png")])
+    try:
+        deadline = time.monotonic() + 120
+        while counter.calls < 2 and time.monotonic() < deadline:  # the large request is being worked on
+            time.sleep(0.2)
+        assert counter.calls >= 2
+    finally:
+        leaving.kill()  # the client goes away without a word
+        leaving.wait()
+    noise_image(24, 16).save(tmp_path / "small.png")
+    job = Client(served.url, verbose=False).submit(
+        handle_file(tmp_path / "small.png"), 1, "Euler", 0, False, api_name="/run"
+    )
+    try:
+        assert "PSNR" in job.result(timeout=30)[5]  # not minutes later, once the abandoned request is done
+        calls = counter.calls
+        time.sleep(3)
+        assert counter.calls == calls  # nothing runs any more
+    finally:
+        registry.remove_hook("count")
+
+
+def test_uploads_and_outputs_are_deleted_after_their_age(reconstructor, tmp_path, monkeypatch):
+    pytest.importorskip("gradio", reason="the [app] extra is not installed")
+    from gradio_client import Client, handle_file
+
+    from diffusers_dito.app import launch
+
+    cache = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # this server's uploads and outputs, alone
+    port = free_port()
+    demo = launch(reconstructor.pipe, port=port, delete_cache=(1, 2), prevent_thread_lock=True)
+    try:
+        noise_image(300, 200).save(tmp_path / "photo.png")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        result = client.predict(handle_file(tmp_path / "photo.png"), 20, "Heun", 0, False, api_name="/reconstruct")
+        assert "PSNR" in result[5]
+        assert any(path.is_file() for path in cache.rglob("*"))  # the upload and the outputs, for now
+        deadline = time.monotonic() + 20
+        while any(path.is_file() for path in cache.rglob("*")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [str(path) for path in cache.rglob("*") if path.is_file()] == []
+    finally:
+        demo.close()
+
+
+def test_stopping_the_app_deletes_its_files_and_its_examples(demo_folder, tmp_path):
+    from gradio_client import Client, handle_file
+
+    env = {"TMPDIR": str(tmp_path / "tmp"), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    (tmp_path / "tmp").mkdir()
+    port = free_port()
+    process = start_app(demo_folder, port, **env)
+    try:
+        noise_image(300, 200).save(tmp_path / "photo.png")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        assert "PSNR" in client.predict(handle_file(tmp_path / "photo.png"), 8, "Euler", 0, False, api_name="/run")[5]
+        assert any(path.is_file() for path in (tmp_path / "gradio").rglob("*"))
+        assert list((tmp_path / "tmp").glob("dito-app-examples-*"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert [str(path) for path in (tmp_path / "gradio").rglob("*") if path.is_file()] == []
+    assert list((tmp_path / "tmp").glob("dito-app-examples-*")) == []
 
 
 # ---------------------------------------------------------------------------------------------------- the browser
@@ -188,9 +426,10 @@ def find_browser() -> tuple[str, str]:
     return browser, driver
 
 
-def start_app(model: Path, port: int) -> subprocess.Popen:
-    """`diffusers-dito app` in a subprocess, returned once it answers on 127.0.0.1:`port`."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+def start_app(model: Path, port: int, **env: str) -> subprocess.Popen:
+    """`diffusers-dito app` in a subprocess (with `env` added to its environment), returned once it answers on
+    127.0.0.1:`port`."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env}
     command = [sys.executable, "-m", "diffusers_dito.cli", "app", "--model", str(model), "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180

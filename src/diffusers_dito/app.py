@@ -12,16 +12,28 @@ Gradio is an optional dependency (`pip install -e ".[app]"`): it is imported by 
 so [`DiToReconstructor`] and [`resolve_model_folders`] work without it. The page reaches no network: analytics and
 Gradio's version check are off, `share` is never used, and its fonts are served by the app itself.
 
+What one request may cost is bounded: the pixels after padding to a multiple of the down-sampling factor, the tiles
+of a tiled decode, and the seconds of work (`time_limit`). A request whose page has gone (closed, cancelled) stops
+at its next network evaluation. Uploads and outputs are deleted from Gradio's cache after an hour, and all of them,
+with the examples, when the server stops.
+
 Examples:
     diffusers-dito app --model dito-demo                # the folder `python training/demo.py` writes
     diffusers-dito app --model my-dito --student my-dito-student --port 7861
 """
 
+import contextlib
+import contextvars
+import ipaddress
+import math
 import os
+import signal
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +42,12 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+from diffusers.hooks import HookRegistry, ModelHook
 
 from .image_utils import read_image
-from .limits import APP_MAX_MEGAPIXELS, MAX_SEED
+from .limits import APP_MAX_MEGAPIXELS, APP_TILES_PER_MEGAPIXEL, APP_TIME_LIMIT, MAX_SEED
 from .metrics import psnr, ssim
+from .models.tiling import tile_starts
 from .pipelines.loading import model_kind
 from .pipelines.pipeline_dito import DiToPipeline
 
@@ -56,6 +70,33 @@ IMAGE_PANELS = (  # (elem_id suffix, label): the model's row, then the student's
     ("student-difference", f"student difference ×{DIFFERENCE_GAIN}"),
 )
 DEMO_COMMAND = "python training/demo.py --output_dir {folder}"
+# A running request sends its page a progress line every POLL_SECONDS, and Gradio asks for the next one only while
+# the page is there: without that request for CLIENT_GONE_AFTER seconds, the client has gone and the work stops.
+POLL_SECONDS = 0.5
+CLIENT_GONE_AFTER = 10.0
+# Gradio's `delete_cache` (frequency, age): every 10 min, uploads and outputs older than 1 h are deleted; all of them
+# when the server stops.
+DELETE_CACHE = (600, 3600)
+STOP_HOOK = "dito_app_stop"
+
+
+class ReconstructionStopped(Exception):
+    """A reconstruction stopped before its end, because its time budget ran out or its client went away."""
+
+
+class _StopCheck(ModelHook):
+    """Before each network evaluation (one tile of one step, encoder or decoder), stop the running request if it
+    must stop: `reason()` says why, or returns None."""
+
+    def __init__(self, reason: Callable[[], str | None]):
+        super().__init__()
+        self.reason = reason
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        reason = self.reason()
+        if reason is not None:
+            raise ReconstructionStopped(reason)
+        return args, kwargs
 
 
 @dataclass
@@ -159,17 +200,39 @@ def _difference(image: PIL.Image.Image, original: PIL.Image.Image) -> PIL.Image.
     return PIL.Image.fromarray(np.clip(error, 0, 255).astype(np.uint8))
 
 
+def _whole_number(value, message: str) -> int:
+    """`value` as an int where it is a whole number (an int, or a float such as 12.0, as Gradio's number widgets
+    send); else a `ValueError` with `message`, never a silent rounding of 2.7 to 2."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{message}, got {value!r}.")
+
+
+def _megapixels(value: float, limit: float) -> str:
+    """`value` with the fewest decimals (at least one) that show it is over `limit`: 1.008 MP, not 1.0 MP."""
+    digits = next((d for d in range(1, 7) if round(value, d) > limit), 6)
+    return f"{value:.{digits}f}"
+
+
 class DiToReconstructor:
     r"""
     What the web app runs: reconstructions of one image by a DiTo pipeline and, where given, its distilled student.
 
     Calls are serialised by a lock, because the sampler and tiling are set on the shared pipelines for each call.
+    Before every network evaluation a hook (`diffusers.hooks`) checks whether the call must stop: past `time_limit`,
+    or when its `should_stop` says so; it then raises [`ReconstructionStopped`].
 
     Args:
         pipe ([`DiToPipeline`]): The model.
         student ([`DiToPipeline`], *optional*): A distilled student, decoded with its own scheduler and its
             config's `num_inference_steps` (1 for `training/distill_dito.py`'s students).
-        max_megapixels (`float`, *optional*, defaults to 1.0): Larger images are refused with a message.
+        max_megapixels (`float`, *optional*, defaults to 1.0): Larger images, counted once padded to a multiple of
+            the down-sampling factor, are refused with a message; so are images that a tiled decode would cut into
+            more than `64 × max_megapixels` tiles a step.
+        time_limit (`float`, *optional*): Seconds of work a call may take (both pipelines together); `None`: no
+            limit.
 
     Examples:
         ```py
@@ -188,14 +251,25 @@ class DiToReconstructor:
     """
 
     def __init__(
-        self, pipe: DiToPipeline, student: DiToPipeline | None = None, max_megapixels: float = APP_MAX_MEGAPIXELS
+        self,
+        pipe: DiToPipeline,
+        student: DiToPipeline | None = None,
+        max_megapixels: float = APP_MAX_MEGAPIXELS,
+        time_limit: float | None = None,
     ):
-        self.pipe, self.student, self.max_megapixels = pipe, student, max_megapixels
+        self.pipe, self.student, self.max_megapixels, self.time_limit = pipe, student, max_megapixels, time_limit
+        self.max_tiles = math.ceil(APP_TILES_PER_MEGAPIXEL * max_megapixels)
         self.shift = float(pipe.scheduler.config.get("shift", 1.0))  # the saved shift applies to both samplers
         self.lock = threading.Lock()
+        self._stop_reason: Callable[[], str | None] = lambda: None  # the running call's, set under the lock
         for pipeline in (pipe, student):
             if pipeline is not None:
                 pipeline.set_progress_bar_config(disable=True)  # the page shows progress; the console stays quiet
+                for module in (pipeline.vae.encoder, pipeline.vae.decoder_unet):
+                    registry = HookRegistry.check_if_exists_or_initialize(module)
+                    if registry.get_hook(STOP_HOOK) is not None:  # the pipelines were served before
+                        registry.remove_hook(STOP_HOOK)
+                    registry.register_hook(_StopCheck(lambda: self._stop_reason()), STOP_HOOK)
 
     @property
     def default_steps(self) -> int:
@@ -206,19 +280,46 @@ class DiToReconstructor:
         tile = self.pipe.vae.tile_sample_size
         return tile if tiling and max(image.size) > tile else None
 
-    def check_size(self, width: int, height: int) -> None:
-        """Raise a `ValueError` that says what to do if a `width`×`height` image is over the size limit."""
-        megapixels = width * height / 1e6
+    def padded_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the pipelines work at: each side padded up to a multiple of the down-sampling factor."""
+        f = self.pipe.vae_scale_factor
+        return -(-width // f) * f, -(-height // f) * f
+
+    def tiles_per_step(self, width: int, height: int) -> int:
+        """The network evaluations of one step of a tiled decode of a `width`×`height` image (1 where it fits one
+        tile)."""
+        vae = self.pipe.vae
+        width, height = self.padded_size(width, height)
+        return len(tile_starts(height, vae.tile_sample_size, vae.tile_overlap)) * len(
+            tile_starts(width, vae.tile_sample_size, vae.tile_overlap)
+        )
+
+    def check_size(self, width: int, height: int, tiling: bool = False) -> None:
+        """Raise a `ValueError` that says what to do if a `width`×`height` image is over the size limit, counted
+        once padded, or, with `tiling`, takes more tiles a step than allowed."""
+        padded = self.padded_size(width, height)
+        megapixels = padded[0] * padded[1] / 1e6
         if megapixels > self.max_megapixels:
+            size = f"{width}×{height} px"
+            if padded != (width, height):
+                size += f", {padded[0]}×{padded[1]} once padded to a multiple of {self.pipe.vae_scale_factor}"
             raise ValueError(
-                f"The image is {width}×{height} px ({megapixels:.1f} MP); this app reconstructs up to "
-                f"{self.max_megapixels:g} MP. Downscale or crop it, or restart the app with "
-                f"--max-megapixels {np.ceil(megapixels):.0f}."
+                f"The image is {size} ({_megapixels(megapixels, self.max_megapixels)} MP); this app reconstructs up "
+                f"to {self.max_megapixels:g} MP. Downscale or crop it, or restart the app with "
+                f"--max-megapixels {math.ceil(megapixels)}."
+            )
+        tiles = self.tiles_per_step(width, height)
+        if tiling and tiles > self.max_tiles:
+            raise ValueError(
+                f"In tiles of {self.pipe.vae.tile_sample_size}² px, this {width}×{height} px image takes {tiles} "
+                f"tiles a step; this app allows {self.max_tiles}. Crop it nearer to a square, or untick *Tile large "
+                "images*."
             )
 
-    def read(self, path: str | os.PathLike) -> PIL.Image.Image:
-        """The image file at `path` as RGB, or a one-line `ValueError` naming the file (never a traceback)."""
-        path, name = str(path), Path(path).name
+    def read(self, path: str | os.PathLike, name: str | None = None) -> PIL.Image.Image:
+        """The image file at `path` as RGB, or a one-line `ValueError` naming the file (as `name`, the upload's own
+        name, where given) and never a traceback."""
+        path, name = str(path), name or Path(path).name
         size = None
         try:
             with PIL.Image.open(path) as image:
@@ -226,7 +327,7 @@ class DiToReconstructor:
         except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
             pass  # `read_image` says what is wrong with the file
         if size is not None:
-            self.check_size(*size)
+            self.check_size(*size)  # the pixels; the tiles are checked with the request's tiling
         try:
             return read_image(path)
         except ValueError as err:  # the page names the upload, not the temporary file Gradio stored it in
@@ -280,6 +381,7 @@ class DiToReconstructor:
         seed: int = 0,
         tiling: bool = False,
         on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], str | None] | None = None,
     ) -> list[Reconstruction]:
         r"""
         Reconstruct `image` with the model and, where loaded, the student.
@@ -293,23 +395,19 @@ class DiToReconstructor:
             tiling (`bool`, *optional*, defaults to `False`): Encode and decode in tiles (`vae.enable_tiling()`) when
                 the image is larger than a tile, which bounds memory.
             on_step (`Callable[[int, int], None]`, *optional*): Called with (steps done, total) after each step.
+            should_stop (`Callable[[], str | None]`, *optional*): Asked before every network evaluation; a string
+                (why) stops the call.
 
         Returns:
             `list[Reconstruction]`: The model's, then the student's.
+
+        Raises:
+            `ValueError`: A setting or the image size is out of bounds; the message says what is allowed.
+            [`ReconstructionStopped`]: The call ran past `time_limit`, or `should_stop` said why it must stop.
         """
-        steps = self.default_steps if steps is None else int(steps)
-        if not 1 <= steps <= MAX_APP_STEPS:
-            raise ValueError(f"Steps must be in [1, {MAX_APP_STEPS}], got {steps}.")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"The sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
-        try:
-            seed = int(seed)  # the page's number box gives a float, or None when empty
-        except (TypeError, ValueError, OverflowError):
-            seed = -1
-        if not 0 <= seed <= MAX_SEED:
-            raise ValueError("The seed must be an integer in [0, 2**64 - 1].")
-        self.check_size(*image.size)
-        with self.lock:
+        steps, seed = self._check_settings(steps, sampler, seed, tiling)
+        self.check_size(*image.size, tiling=tiling)
+        with self.lock, self._stopping(should_stop):
             results = []
             for pipe in (self.pipe, self.student):
                 if pipe is None:
@@ -326,6 +424,42 @@ class DiToReconstructor:
                     label = f"distilled student, {_steps(n)}"
                 results.append(self._run(pipe, label, image, n, scheduler, seed, on_step))
         return results
+
+    def _check_settings(self, steps, sampler, seed, tiling) -> tuple[int, int]:
+        """The steps and seed as ints, or a `ValueError` for a setting out of bounds or of the wrong type (as an API
+        call may send them)."""
+        steps_range = f"Steps must be a whole number in [1, {MAX_APP_STEPS}]"
+        steps = self.default_steps if steps is None else _whole_number(steps, steps_range)
+        if not 1 <= steps <= MAX_APP_STEPS:
+            raise ValueError(f"{steps_range}, got {steps}.")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"The sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        seed_range = "The seed must be an integer in [0, 2**64 - 1]"
+        seed = _whole_number(seed, seed_range)  # the page's number box gives a float, or None when empty
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"{seed_range}, got {seed}.")
+        if not isinstance(tiling, (bool, np.bool_)):
+            raise ValueError(f"Tiling must be true or false, got {tiling!r}.")
+        return steps, seed
+
+    @contextlib.contextmanager
+    def _stopping(self, should_stop: Callable[[], str | None] | None):
+        """While the block runs, the stop hooks ask `should_stop`, and stop the call past `time_limit`."""
+        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
+
+        def reason() -> str | None:
+            if deadline is not None and time.monotonic() > deadline:
+                return (
+                    f"It took longer than the {self.time_limit:g} s this app gives a request; use fewer steps, the "
+                    "Euler sampler or a smaller image."
+                )
+            return should_stop() if should_stop is not None else None
+
+        self._stop_reason = reason
+        try:
+            yield
+        finally:
+            self._stop_reason = lambda: None
 
 
 def format_metrics(image: PIL.Image.Image, results: list[Reconstruction], tile_size: int | None) -> str:
@@ -415,18 +549,24 @@ def _controls(reconstructor: DiToReconstructor, examples: list[str]) -> list:
     return [upload, steps, sampler, seed, tiling, button]
 
 
-def build_app(reconstructor: DiToReconstructor, examples: list[str] = (), title: str = "DiTo") -> "gr.Blocks":
+def build_app(
+    reconstructor: DiToReconstructor,
+    examples: list[str] = (),
+    title: str = "DiTo",
+    delete_cache: tuple[int, int] | None = DELETE_CACHE,
+) -> "gr.Blocks":
     r"""
     The Gradio page: an upload and examples, the controls, original | reconstruction | difference and the metrics.
 
     A new file or example, a released steps slider, a new sampler or tiling choice, Enter in the seed box and the
-    button all reconstruct the current image. Errors (a bad file, an image over the limit) are shown in the
-    metrics' place.
+    button all reconstruct the current image (the button's event is the API endpoint `/reconstruct`). Errors (a bad
+    file, an image over the limit) are shown in the metrics' place. `delete_cache` is Gradio's: (every how many
+    seconds, files older than how many seconds) of the uploads and outputs are deleted, and all of them at shutdown.
     """
     import gradio as gr
 
     student = reconstructor.student
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(f"# {title}: reconstruct an image\n{_describe('Model', reconstructor.pipe)}")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
@@ -440,29 +580,80 @@ def build_app(reconstructor: DiToReconstructor, examples: list[str] = (), title:
                     images += [_image_panel(key, label) for key, label in IMAGE_PANELS[3:]]
                 metrics = gr.Markdown("Upload an image or pick an example.", elem_id="dito-metrics")
         inputs, outputs = [upload, steps, sampler, seed, tiling], [*images, metrics]
+        # One queue for all: the calls share the pipelines; only the latest of a burst of changes runs. The inputs
+        # reach `run` as sent (`preprocess=False`; `run` checks them): gr.File's own preprocessing would leave an
+        # empty temporary file in Gradio's cache for every request, which nothing deletes. The upload's path is
+        # still checked by Gradio to be an upload (or an example).
+        listen = dict(concurrency_id="dito", trigger_mode="always_last", preprocess=False)
         run = _handler(reconstructor)
-        for event in (upload.change, steps.release, sampler.change, seed.submit, tiling.change, button.click):
-            # One queue for all: the calls share the pipelines; only the latest of a burst of changes runs.
-            event(run, inputs, outputs, concurrency_id="dito", trigger_mode="always_last")
+        for event in (upload.change, steps.release, sampler.change, seed.submit, tiling.change):
+            event(run, inputs, outputs, api_visibility="undocumented", **listen)
+        button.click(run, inputs, outputs, api_name="reconstruct", **listen)
     return demo
+
+
+class _Job:
+    """
+    One request of the page, worked in a thread while the request's generator polls it. Gradio resumes a generator
+    only while its client is there, and closes it on a cancel: a job that nobody polled for CLIENT_GONE_AFTER seconds
+    is told to stop (`client_gone`, asked by the stop hooks).
+    """
+
+    def __init__(self, work: Callable[["_Job"], tuple]):
+        self.polled = time.monotonic()
+        self.step: tuple[int, int | None] = (0, None)  # (steps done, total) of the running decode
+        self._result = {}
+        # The copied context carries Gradio's request (its progress bar) into the thread.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._work, work), daemon=True)
+        self._thread.start()
+
+    def _work(self, work: Callable[["_Job"], tuple]) -> None:
+        try:
+            self._result["outputs"] = work(self)
+        except BaseException as err:  # raised again in the request's own thread, by `outputs`
+            self._result["error"] = err
+
+    def client_gone(self) -> str | None:
+        if time.monotonic() - self.polled > CLIENT_GONE_AFTER:
+            return "the page that asked for it has gone"
+        return None
+
+    def poll(self) -> Iterator[str]:
+        """A progress line every POLL_SECONDS while the work runs."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(POLL_SECONDS)
+                if self._thread.is_alive():
+                    done, total = self.step
+                    yield f"Reconstructing: step {done} of {total}." if total else "Encoding."
+                    self.polled = time.monotonic()
+        finally:
+            if self._thread.is_alive():  # the generator was closed: cancelled, or its client left
+                self.polled = -math.inf
+
+    def outputs(self) -> tuple:
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result["outputs"]
 
 
 def _handler(reconstructor: DiToReconstructor):
     import gradio as gr
 
-    def run(path, steps, sampler, seed, tiling, progress=gr.Progress()):
-        blank = [None] * 5
-        if not path:
-            return *blank, "Upload an image or pick an example."
+    blank = (None,) * 5
 
-        def report(done: int, total: int) -> None:
-            progress(done / total, desc=f"step {done} of {total}")
-
+    def outputs(upload: dict, steps, sampler, seed, tiling, report, should_stop) -> tuple:
+        """The page's six outputs for one request: the images and the metrics, or a message in the metrics' place."""
+        if not isinstance(upload, dict) or not isinstance(upload.get("path"), str):  # an API call's own value
+            return *blank, "**Cannot reconstruct this image.** Expected one uploaded image file."
         try:
-            image = reconstructor.read(path)
-            results = reconstructor.reconstruct(image, steps, sampler, seed, tiling, on_step=report)
+            image = reconstructor.read(upload["path"], upload.get("orig_name"))
+            results = reconstructor.reconstruct(image, steps, sampler, seed, tiling, report, should_stop)
         except ValueError as err:
             return *blank, f"**Cannot reconstruct this image.** {err}"
+        except ReconstructionStopped as err:
+            return *blank, f"**Stopped.** {err}"
         except torch.OutOfMemoryError:
             return *blank, "**Out of memory.** Tick *Tile large images*, or use a smaller image."
         student = results[1] if len(results) > 1 else None
@@ -475,6 +666,25 @@ def _handler(reconstructor: DiToReconstructor):
             format_metrics(image, results, reconstructor.tile_size(image, tiling)),
         )
 
+    def run(upload, steps, sampler, seed, tiling, progress=gr.Progress()):
+        if not upload:
+            yield *blank, "Upload an image or pick an example."
+            return
+
+        def work(job: _Job) -> tuple:
+            def report(done: int, total: int) -> None:
+                job.step = (done, total)
+                progress(done / total, desc=f"step {done} of {total}")
+
+            return outputs(upload, steps, sampler, seed, tiling, report, job.client_gone)
+
+        job = _Job(work)
+        for status in job.poll():
+            # Plain values, not gr.skip(): an update would give the session new output components, whose files
+            # Gradio's delete_cache does not track.
+            yield *blank, f"*{status}*"
+        yield job.outputs()
+
     return run
 
 
@@ -485,6 +695,32 @@ CSS = " ".join(
 )
 
 
+def exposure_warning(host: str) -> str | None:
+    r"""
+    What serving on `host` exposes, where it is not a loopback address; `None` for loopback.
+
+    Examples:
+        ```py
+        >>> from diffusers_dito.app import exposure_warning
+
+        >>> exposure_warning("127.0.0.1") is None, "without a login" in exposure_warning("0.0.0.0")
+        (True, True)
+
+        ```
+    """
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"listening on {host}, so anyone who can reach this machine can upload images and run the model on it, "
+        "without a login. To use the app from another machine, keep --host 127.0.0.1 and forward the port "
+        "(ssh -L 7860:127.0.0.1:7860 this-machine), or put it behind a proxy that asks for a login."
+    )
+
+
 def launch(
     pipe: DiToPipeline,
     student: DiToPipeline | None = None,
@@ -492,6 +728,8 @@ def launch(
     host: str = "127.0.0.1",
     port: int | None = 7860,
     max_megapixels: float = APP_MAX_MEGAPIXELS,
+    time_limit: float | None = APP_TIME_LIMIT,
+    delete_cache: tuple[int, int] | None = DELETE_CACHE,
     prevent_thread_lock: bool = False,
 ):
     r"""
@@ -500,31 +738,65 @@ def launch(
     Args:
         pipe ([`DiToPipeline`]): The model.
         student ([`DiToPipeline`], *optional*): Its distilled student.
-        host (`str`, *optional*, defaults to `"127.0.0.1"`): The address to listen on.
+        host (`str`, *optional*, defaults to `"127.0.0.1"`): The address to listen on; any other than loopback is
+            warned about on stderr ([`exposure_warning`]).
         port (`int`, *optional*, defaults to 7860): The port.
         max_megapixels (`float`, *optional*, defaults to 1.0): Larger uploads are refused with a message.
+        time_limit (`float`, *optional*, defaults to 300): Seconds of work a request may take; `None`: no limit.
+        delete_cache (`tuple[int, int]`, *optional*, defaults to `(600, 3600)`): Gradio's: every 600 s, uploads
+            and outputs older than 3600 s are deleted; all of them when the server stops.
         prevent_thread_lock (`bool`, *optional*, defaults to `False`): Return at once, serving from a thread.
 
     Returns:
-        The Gradio `Blocks` being served; `.close()` stops it.
+        The Gradio `Blocks` being served; `.close()` stops it. Without `prevent_thread_lock`, it returns once Ctrl-C
+        or SIGTERM has stopped the server, with its files deleted.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry and no version check: works offline
-    reconstructor = DiToReconstructor(pipe, student, max_megapixels=max_megapixels)
+    if (warning := exposure_warning(host)) is not None:
+        print(f"diffusers-dito app: warning: {warning}", file=sys.stderr)
+    reconstructor = DiToReconstructor(pipe, student, max_megapixels=max_megapixels, time_limit=time_limit)
     # The first call pays one-time costs (allocations, kernel selection): keep them out of the first timing shown.
     reconstructor.reconstruct(PIL.Image.new("RGB", (16, 16)), steps=1)
-    examples = write_examples()
-    demo = build_app(reconstructor, examples)
+    examples_folder, examples = _static_examples()
+    demo = build_app(reconstructor, examples, delete_cache=delete_cache)
+    weakref.finalize(demo, examples_folder.cleanup)  # with the app, or at exit
     demo.queue(default_concurrency_limit=1)
     demo.launch(
         server_name=host,
         server_port=port,
         share=False,
-        prevent_thread_lock=prevent_thread_lock,
+        quiet=True,  # Gradio would suggest `share=True`, a public link, which this app never makes
+        prevent_thread_lock=True,
         max_file_size=MAX_UPLOAD_SIZE,
-        allowed_paths=[str(Path(path).parent) for path in examples[:1]],
         ssr_mode=False,
         mcp_server=False,
         footer_links=["gradio", "settings"],
         css=CSS,
     )
+    print(f"diffusers-dito app: serving on http://{host}:{demo.server_port} (Ctrl-C stops it)", flush=True)
+    if not prevent_thread_lock:
+        _serve_until_stopped(demo, examples_folder)
     return demo
+
+
+def _static_examples() -> tuple[tempfile.TemporaryDirectory, list[str]]:
+    """The examples, in a temporary folder that Gradio serves as it is (`set_static_paths`): copied into Gradio's
+    cache, they would be deleted with the uploads."""
+    import gradio as gr
+
+    folder = tempfile.TemporaryDirectory(prefix="dito-app-examples-")
+    gr.set_static_paths([folder.name])
+    return folder, write_examples(folder.name)
+
+
+def _serve_until_stopped(demo: "gr.Blocks", examples_folder: tempfile.TemporaryDirectory) -> None:
+    """Block until Ctrl-C or SIGTERM, which stop the server alike: Gradio then deletes its files, and the examples
+    go too."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
+    try:
+        demo.block_thread()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        examples_folder.cleanup()

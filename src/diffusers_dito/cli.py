@@ -14,13 +14,14 @@ import argparse
 import json
 import math
 import os
+import socket
 import sys
 from pathlib import Path
 
 from .app import launch, resolve_model_folders
 from .atomic_files import atomic_write
 from .image_utils import read_image
-from .limits import APP_MAX_MEGAPIXELS, MAX_SEED
+from .limits import APP_MAX_MEGAPIXELS, APP_TIME_LIMIT, MAX_SEED
 from .models.autoencoder_dito import MAX_INFERENCE_STEPS
 from .pipelines.loading import load_pipeline, load_reconstruction_pipeline, model_kind
 
@@ -192,17 +193,43 @@ def _info(args) -> None:
     print(json.dumps(info, indent=2, default=str))
 
 
+def check_address(host: str, port: int) -> None:
+    """A `CLIError` naming the flag unless a server can listen on `host`:`port`: found before a model is loaded."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as err:
+        raise CLIError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise CLIError(
+                f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); give another --port"
+            ) from None
+
+
 def _app(args) -> None:
     import importlib.util
 
     if args.max_megapixels <= 0:
         raise CLIError(f"--max-megapixels must be > 0, got {args.max_megapixels}")
+    if args.time_limit <= 0:
+        raise CLIError(f"--time-limit must be > 0, got {args.time_limit}")
+    check_address(args.host, args.port)
     model, student = resolve_model_folders(args.model, args.student)  # a missing model: says how to train one
     if importlib.util.find_spec("gradio") is None:
         raise CLIError('the web app needs Gradio: pip install -e ".[app]"')
     pipe = _load_pipeline(str(model), "reconstruct")
     student = _load_pipeline(str(student), "reconstruct") if student is not None else None
-    launch(pipe, student, host=args.host, port=args.port, max_megapixels=args.max_megapixels)
+    launch(
+        pipe,
+        student,
+        host=args.host,
+        port=args.port,
+        max_megapixels=args.max_megapixels,
+        time_limit=args.time_limit,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, help="A distilled student (default: a student/ next to the model).")
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: loopback only).")
     p.add_argument("--port", type=_bounded_int(1, 65535, "65535"), default=7860)
-    p.add_argument("--max-megapixels", type=finite_float, default=APP_MAX_MEGAPIXELS, help="Refused above.")
+    p.add_argument(
+        "--max-megapixels", type=finite_float, default=APP_MAX_MEGAPIXELS, help="Refused above (once padded)."
+    )
+    p.add_argument(
+        "--time-limit",
+        type=finite_float,
+        default=APP_TIME_LIMIT,
+        help="Seconds of work one request may take before it is stopped.",
+    )
     p.set_defaults(func=_app)
 
     return parser
