@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -657,14 +658,15 @@ def _handler(reconstructor: DiToReconstructor):
         except torch.OutOfMemoryError:
             return *blank, "**Out of memory.** Tick *Tile large images*, or use a smaller image."
         student = results[1] if len(results) > 1 else None
-        return (
-            image,
-            results[0].image,
-            results[0].difference,
-            student.image if student else None,
-            student.difference if student else None,
-            format_metrics(image, results, reconstructor.tile_size(image, tiling)),
-        )
+        panels = [image, results[0].image, results[0].difference]
+        panels += [student.image, student.difference] if student else [None, None]
+        # Gradio writes an image output to a path named by the hash of its PNG, in place: two requests with the
+        # same output would rewrite one file while it is being downloaded. A text chunk of its own (Gradio keeps
+        # PNG text) gives each request's files their own paths.
+        request = uuid.uuid4().hex
+        for panel in filter(None, panels):
+            panel.info["diffusers-dito request"] = request
+        return *panels, format_metrics(image, results, reconstructor.tile_size(image, tiling))
 
     def run(upload, steps, sampler, seed, tiling, progress=gr.Progress()):
         if not upload:
