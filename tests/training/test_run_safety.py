@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from script_helpers import (  # noqa: F401 (autouse fixtures, active by being in this module)
@@ -262,19 +263,30 @@ def test_a_failed_save_of_the_student_leaves_no_half_written_pipeline(distill_di
 
 
 # ---------------------------------------------------------------------------------------------------- LPIPS backbone
-@pytest.mark.parametrize("content", ["random bytes", "another network", "a pickled module"])
+def write_backbone(path, content: str) -> None:
+    """A file where torchvision's AlexNet checkpoint is expected: cut short, noise, another network or a module."""
+    from diffusers_dito.metrics.perceptual import _lpips_backbone
+
+    if content in ("another network", "a pickled module"):
+        other = _lpips_backbone("vgg").state_dict() if content == "another network" else torch.nn.Linear(2, 2)
+        torch.save(other, path)
+    elif content == "cut short":
+        torch.save(_lpips_backbone("alex").state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:  # "noise <seed>"
+        path.write_bytes(np.random.default_rng(int(content.split()[-1])).bytes(4096))
+
+
+@pytest.mark.parametrize(
+    "content",
+    # noise that torch's unpickler fails on with an UnpicklingError, IndexError, UnicodeDecodeError and KeyError
+    ["cut short", "noise 0", "noise 17", "noise 54", "noise 62", "another network", "a pickled module"],
+)
 def test_a_corrupt_or_wrong_lpips_backbone_is_refused_before_the_run_starts(
     train_dito, image_dir, config_path, tmp_path, capsys, content
 ):
-    from diffusers_dito.metrics.perceptual import _lpips_backbone
-
     backbone = tmp_path / "alexnet-owt-7be5be79.pth"
-    if content == "random bytes":
-        backbone.write_bytes(os.urandom(4096))
-    else:
-        torch.save(
-            _lpips_backbone("vgg").state_dict() if content == "another network" else torch.nn.Linear(2, 2), backbone
-        )
+    write_backbone(backbone, content)
     argv = ["--train_data_dir", str(image_dir), "--model_config", str(config_path), "--resolution", "32"]
     argv += ["--output_dir", str(tmp_path / "out"), "--lpips_weight", "0.5", "--lpips_net", "alex"]
     line = one_line_usage_error(train_dito.parse_args, [*argv, "--lpips_backbone", str(backbone)], capsys)
