@@ -6,6 +6,7 @@ Test modules import the fixtures by name, which activates them there.
 
 import importlib.util
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,13 @@ def cpu_launch_env(tmp_path: Path) -> dict:
         "HF_DATASETS_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a launch's `--main_process_port` (tests run side by side)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def reset_accelerate() -> None:

@@ -9,8 +9,8 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
-from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
-from test_train_dito import _free_port, read_dump, vae_weights
+from script_helpers import cpu_launch_env, free_port, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
+from test_train_dito import read_dump, vae_weights
 
 from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from diffusers_dito.sample_data import split_crops
@@ -240,7 +240,7 @@ def test_two_cpu_processes_distil_in_sync_under_fsdp(teacher_dir, image_dir, tmp
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "accelerate_configs" / "fsdp_8gpu_dito_xl.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
         str(SCRIPT),
         "--teacher_model_name_or_path", str(teacher_dir), "--teacher_steps", "2", "--train_data_dir", str(image_dir),
         "--max_train_samples", "8", "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3",

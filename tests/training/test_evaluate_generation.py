@@ -3,7 +3,6 @@
 import csv
 import doctest
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from script_helpers import load_script, one_thread, reset_accelerate  # noqa: F401
+from script_helpers import free_port, load_script, one_thread, reset_accelerate  # noqa: F401
 from test_evaluate_dito import subprocess_env, write_images
 
 from conftest import tiny_dito_config
@@ -130,18 +129,12 @@ def test_bad_arguments_stop_with_a_one_line_error(evaluate_generation, model_dir
     assert len(lines) == 1 and message in lines[0], lines  # no usage block
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_accelerate_launch_on_two_cpu_processes_shards_the_samples(run, model_dirs, reference_dir, tmp_path):
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(SCRIPT), "--model", str(model_dirs / "dit"), "--reference_dir", str(reference_dir),
         "--output_dir", str(out), *RUN_ARGS,
     ]  # fmt: skip

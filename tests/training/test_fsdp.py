@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from script_helpers import REPO, cpu_launch_env
+from script_helpers import REPO, cpu_launch_env, free_port
 from test_train_dito import write_images
 
 from conftest import tiny_dito_config
@@ -29,12 +28,6 @@ SCRIPT = REPO / "training" / "train_dito.py"
 CONFIGS = REPO / "accelerate_configs"
 STEPS = 4
 pytestmark = pytest.mark.xdist_group("fsdp")  # one worker: the launches use both cores each
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def launch_command(config_file: str, data: dict, out: Path, *extra: str) -> list
     """`accelerate launch` of train_dito.py on 2 CPU processes (4 steps, EMA, validation at step 2)."""
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config_file),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
         str(SCRIPT),
         "--train_data_dir", str(data["images"]), "--model_config", str(data["config"]), "--resolution", "32",
         "--train_batch_size", "2", "--max_train_steps", str(STEPS), "--use_ema", "--ema_decay", "0.9",

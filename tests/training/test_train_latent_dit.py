@@ -1,7 +1,6 @@
 """Tests of training/train_latent_dit.py: a few steps of dit-tiny on a tiny DiTo's latents, 2 classes x 4 images."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from script_helpers import cpu_launch_env, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
+from script_helpers import cpu_launch_env, free_port, fresh_accelerate_state, load_script, one_thread, reset_accelerate  # noqa: F401
 
 from conftest import tiny_dito_config
 from diffusers_dito import AutoencoderDiTo, DiToDiTPipeline, DiToDiTTransformer2DModel, DiToPipeline
@@ -267,10 +266,6 @@ def test_bad_arguments_stop_at_start_up(
 
 
 # ----------------------------------------------------------------------------------------------------- multi-process
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_cpu_processes_share_the_cache_and_stay_in_sync_under_fsdp(class_dir, dito_dir, tmp_path):
@@ -279,7 +274,7 @@ def test_two_cpu_processes_share_the_cache_and_stay_in_sync_under_fsdp(class_dir
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "accelerate_configs" / "fsdp_8gpu_dit_xl.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
         str(SCRIPT),
         "--vae_model_name_or_path", str(dito_dir), "--train_data_dir", str(class_dir), "--dit_preset", "dit-tiny",
         "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3", "--checkpointing_steps", "2",
