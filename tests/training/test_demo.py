@@ -8,7 +8,7 @@ import pytest
 import torch
 from script_helpers import REPO, fresh_accelerate_state, load_script, one_thread  # noqa: F401 (autouse fixtures)
 
-from diffusers_dito import DiToPipeline
+from diffusers_dito import DITO_PRESETS, AutoencoderDiTo, DiToPipeline
 
 
 def test_demo_trains_evaluates_at_the_models_default_steps_draws_a_labelled_grid_and_distils(tmp_path):
@@ -57,7 +57,9 @@ def test_distill_flags_reach_distill_dito(tmp_path):
     """Each `--distill_*` flag becomes the matching `distill_dito.py` argument; the defaults are the demo's recipe."""
     demo = load_script(REPO / "training" / "demo.py")
     distill_dito = load_script(REPO / "training" / "distill_dito.py")
-    (tmp_path / "train").mkdir()  # distill_dito's arguments check that the data folder exists
+    # distill_dito's arguments check that the data folder exists and that the teacher is a DiTo
+    (tmp_path / "train").mkdir()
+    AutoencoderDiTo.from_config(DITO_PRESETS[demo.PRESET]).save_config(tmp_path / "pipeline")
     defaults = distill_dito.parse_args(
         demo.distill_arguments(demo.parse_args([]), tmp_path / "pipeline", tmp_path / "train", tmp_path / "student")
     )
