@@ -339,7 +339,10 @@ class TrainingRun:
         return final if accelerator.is_main_process else None
 
     def close(self) -> None:
-        """The run is finished: free the output folder for the next run, and end the trackers."""
+        """The run is finished: free the output folder for the next run, and end the trackers. Every rank waits for the
+        main process's final save first: a rank that tore down its process group while another still ran was seen
+        to abort the launch at exit."""
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             release_output_dir(self.args.output_dir)
         self.accelerator.end_training()
