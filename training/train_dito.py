@@ -276,7 +276,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
             end = run.end_batch()
             if end.validate:  # every rank: under FSDP the weights are gathered from all of them
                 with run.validation() as model:  # the weights that will be saved (whole, on the main process)
-                    if model is not None and validation_images is not None:  # the images: main process
+                    if model is not None:
                         log_validation(model, validation_images, args, accelerator, run.progress.global_step)
             if end.stop:
                 break

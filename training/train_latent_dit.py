@@ -348,7 +348,7 @@ def main(args: argparse.Namespace) -> DiToDiTTransformer2DModel:
             end = run.end_batch()
             if end.validate:
                 with run.validation() as model:  # sample with the weights that will be saved (whole)
-                    if model is not None and accelerator.is_main_process:
+                    if model is not None:
                         log_validation(model, vae, names, args, accelerator, run.progress.global_step)
             if end.stop:
                 break

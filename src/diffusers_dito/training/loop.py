@@ -304,11 +304,17 @@ class TrainingRun:
 
     @contextlib.contextmanager
     def validation(self):
-        """The model to validate, with the weights that will be saved (the EMA's, if any), for the block; its time
-        does not count towards the next step's throughput. Under FSDP every rank enters it, and the main process gets
-        a whole copy (`sharding.gathered_copy`), the others None."""
-        with ema_weights(self.ema, self.ema_params):
-            yield sharding.gathered_copy(self.accelerator, self.prepared, self.model)
+        """The model to validate on the main process, with the weights that will be saved (the EMA's, if any), for
+        the block; None on the other processes. Its time does not count towards the next step's throughput. Every
+        rank enters it: under FSDP all of them gather the whole weights into the main process's copy
+        (`sharding.gathered_copy`); without FSDP the others have nothing to do."""
+        main = self.accelerator.is_main_process
+        if main or sharding.is_sharded(self.accelerator):
+            with ema_weights(self.ema, self.ema_params):
+                model = sharding.gathered_copy(self.accelerator, self.prepared, self.model)
+                yield model if main else None
+        else:
+            yield None
         self.stats.reset()
 
     # ------------------------------------------------------------------------------------------ after the loop
