@@ -3,6 +3,9 @@ r"""Decode-time benchmark for AutoencoderDiTo.
 Reports, all measured side by side in one run:
 - decode time per image against the number of ODE steps;
 - pipeline overhead: `DiToPipeline(latents=...)` time over N × one raw decoder-UNet forward (target <= 1.05);
+- the fixed per-call cost of a 1-step decode: `AutoencoderDiTo.decode(z, num_inference_steps=1)` (its input checks,
+  scheduler set-up, noise, conditioning, scheduler step and finiteness check) over one bare decoder forward of the
+  same inputs (`decode_1_over_forward`, target < 1.05);
 - DiTo decode over an `AutoencoderKL` decode whose decoder has a comparable parameter count;
 - bf16 autocast over fp32, and channels_last over contiguous;
 - with `--student FOLDER` (a distilled DiToPipeline or AutoencoderDiTo, `training/distill_dito.py`): the student's
@@ -119,7 +122,9 @@ def main(args) -> dict:
         return lambda: pipe(latents=z, num_inference_steps=n, generator=gen, output_type="pt")
 
     fns = {"unet_forward": raw_forward, **{f"pipe_{n}": pipe_decode(n) for n in args.steps}}
+    fns["decode_1"] = decoding(vae, z, num_inference_steps=1, generator=gen)  # what a 1-step student costs
     times = interleaved_medians(fns, device, args.repeats)
+    decode_1_over_forward = times["decode_1"] / times["unet_forward"]
     rows = []
     for n in args.steps:
         rows.append(
@@ -163,9 +168,15 @@ def main(args) -> dict:
     name = args.model or args.preset
     print(f"\n## bench_decode: {name}, {args.resolution}², batch {args.batch_size}, {machine_info(device)}\n")
     print(markdown_table(rows))
-    print()
+    print(f"\ndecode_1_over_forward: {decode_1_over_forward:.3f} (one-step decode over one decoder forward)\n")
     print(markdown_table([{k: v for k, v in r.items() if k in ("comparison", "ratio")} for r in comparisons]))
-    result = {"args": vars(args), "machine": machine_info(device), "steps": rows, "comparisons": comparisons}
+    result = {
+        "args": vars(args),
+        "machine": machine_info(device),
+        "steps": rows,
+        "decode_1_over_forward": decode_1_over_forward,
+        "comparisons": comparisons,
+    }
     write_json(args.json, result)
     return result
 

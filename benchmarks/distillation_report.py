@@ -1,20 +1,26 @@
-r"""A DiTo teacher and its distilled student(s) on held-out images: the table, figure and checks of distillation.md.
+r"""A DiTo teacher and its distilled student(s) on held-out images: the table, figures and checks of distillation.md.
 
-Rows: the teacher at 50 steps, at its default and at 1 step, and each student at its own default. Columns: PSNR,
-SSIM, SWD and high-frequency ratio (`training/evaluate_dito.py`, image i decoded from the noise of seed + i, so every
-row sees the same noise), and the decode time per image with its ratio to an AutoencoderKL decode of comparable
-decoder size, timed interleaved in the same run (`bench_decode.py`'s `--student` comparison). The figure shows
-original | teacher (default) | teacher (1 step) | student (1 step) for the first images. The distillation targets
-(docs/benchmarks.md, "Distilled students") are printed with their verdicts.
+Rows: the teacher at 50 steps, at its default and at 1 step, and each student at its own default, each with its
+decoder's shape (`decoder`: decoder_block_out_channels x decoder_layers_per_block, e.g. `(16,32,64)x1`) and size
+(`decoder_params_m`). Columns: PSNR, SSIM, SWD and high-frequency ratio (`training/evaluate_dito.py`, image i decoded
+from the noise of seed + i, so every row sees the same noise), and the decode time per image with its ratio to an
+AutoencoderKL decode of the teacher's decoder size class, timed interleaved in the same run (`bench_decode.py`'s
+`--student` comparison) at the held-out images' resolution. The figure decodes.png shows original | teacher
+(default) | teacher (1 step) | student(s) (1 step) for the first images; frontier.png plots each student's and the
+teacher's PSNR against its decode time over the AutoencoderKL's. The distillation targets (docs/benchmarks.md,
+"Distilled students") are printed with their verdicts.
 
     python training/demo.py --distill --output_dir dito-demo
     python benchmarks/distillation_report.py --teacher dito-demo/pipeline --student dito-demo/student \
         --data_dir dito-demo/data/held_out --output_dir dito-demo/distillation
 
 `--decode_speed_options eager channels_last compile` adds the decode check with both sides in NHWC, and compiled
-(`bench_decode.py --student_speed_options`). `--figure_only` draws the figure again (seconds: 8 images) without
-scoring or timing anything, e.g. after a change to how it is labelled; the decodes are the same, image i from the
-noise of seed + i.
+(`bench_decode.py --student_speed_options`). `--timing_resolutions 128` also times each student's decode against the
+same AutoencoderKL at 128² (`time_over_kl_128`, and `time_over_kl_128_<option>` for each speed option), interleaved in
+one run per student; the teacher is not timed there. The decode checks on the best student (the fastest whose PSNR
+is within 0.5 dB of the teacher's default and whose high-frequency ratio is in [0.7, 1.4]) are made at every timed
+resolution. `--figure_only` draws decodes.png again (seconds: 8 images) without scoring or timing anything, e.g.
+after a change to how it is labelled; the decodes are the same, image i from the noise of seed + i.
 """
 
 import argparse
@@ -36,6 +42,8 @@ TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"  # run as a 
 
 TEACHER_MANY_STEPS = 50  # the paper's decoding steps
 FIGURE_CELL = 96  # px: smaller images are enlarged to at least this in the figure
+PSNR_FLOOR_DB = 0.5  # a student worth choosing loses at most this much PSNR to the teacher's default decode
+HF_RATIO_RANGE = (0.7, 1.4)  # high-frequency energy over the originals': neither blurred nor over-sharpened
 
 
 def parse_args(argv=None):
@@ -66,6 +74,15 @@ def parse_args(argv=None):
         "(bench_decode.py's --student_speed_options), adding a decode check per option other than eager.",
     )
     parser.add_argument("--compile_backend", default="inductor", help="torch.compile's backend for `compile`.")
+    parser.add_argument(
+        "--timing_resolutions",
+        type=int,
+        nargs="*",
+        default=[],
+        help="More square resolutions (multiples of the teacher's down-sampling factor) at which each student's "
+        "decode is timed against the AutoencoderKL, eager and under each --decode_speed_options entry "
+        "(time_over_kl_<res>[_<option>]); the held-out images' resolution is always timed.",
+    )
     parser.add_argument(
         "--figure_only",
         action="store_true",
@@ -128,6 +145,53 @@ def decode_times(args, teacher_default: int, resolution: int) -> dict:
     return times
 
 
+def decoder_shape(vae) -> str:
+    """The decoder UNet's widths and ResNets per level, e.g. `(16,32,64)x1`: what tells the students apart."""
+    widths = ",".join(str(width) for width in vae.config.decoder_block_out_channels)
+    return f"({widths})x{vae.config.decoder_layers_per_block}"
+
+
+def decoder_columns(vae) -> dict:
+    """A row's decoder: its shape and its parameter count in millions (what the AutoencoderKL is sized against)."""
+    return {"decoder": decoder_shape(vae), "decoder_params_m": bench_decode.count(vae.decoder_unet) / 1e6}
+
+
+def decode_times_at(args, teacher, resolutions: list[int]) -> dict:
+    """Each student's decode over the AutoencoderKL decode at each of `resolutions`, eager and under each
+    --decode_speed_options entry, both sides alike: {student: {"time_over_kl_<res>[_<option>]": ratio}}.
+
+    The KL is the one of `decode_times` (the teacher's decoder size class), so the ratios read alike at every
+    resolution. Only the pairs the ratios need are timed, all options of one student interleaved in one call
+    (`bench_decode.speed_option_comparisons`); not the teacher's many-step decodes, which cost most at large sizes.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as bench_decode.py times the rest
+    options = ["eager", *(option for option in args.decode_speed_options if option != "eager")]
+    timing = argparse.Namespace(
+        student_speed_options=options,
+        repeats=args.repeats,
+        batch_size=args.timing_batch_size,
+        compile_backend=args.compile_backend,
+    )
+    f, c = teacher.downsample_factor, teacher.config.latent_channels
+    decoder_params = bench_decode.count(teacher.decoder_unet)
+    kls, latents = {}, {}
+    for resolution in resolutions:
+        torch.manual_seed(0)  # the KL's random weights and z: the same for every student
+        kls[resolution] = bench_decode.comparable_kl(decoder_params, c, len(teacher.config.block_out_channels))
+        kls[resolution].to(device).eval()
+        latents[resolution] = torch.randn(args.timing_batch_size, c, resolution // f, resolution // f, device=device)
+    ratios = {}
+    for folder in args.student:
+        student = load_reconstruction_pipeline(folder).vae.to(device).eval()  # a copy: the report's stays on the CPU
+        ratios[folder] = {}
+        for resolution in resolutions:
+            rows = bench_decode.speed_option_comparisons(timing, student, kls[resolution], latents[resolution], device)
+            for row in rows:
+                suffix = "" if row["speed_option"] == "eager" else f"_{row['speed_option']}"
+                ratios[folder][f"time_over_kl_{resolution}{suffix}"] = row["ratio"]
+    return ratios
+
+
 @torch.no_grad()
 def figure(args, teacher, students: list, teacher_default: int, path: Path) -> None:
     """original | teacher (default) | teacher (1 step) | student(s) for the first images, same noise per image."""
@@ -149,7 +213,8 @@ def figure(args, teacher, students: list, teacher_default: int, path: Path) -> N
     rows = [[to_uint8(column[i]) for column in columns] for i in range(len(images))]
     labels = ["original", f"teacher ({teacher_default} steps)", "teacher (1 step)"]
     names = [Path(folder).name for folder in args.student]  # the folders tell two students apart
-    labels += [f"{name}\n({s.config.num_inference_steps} step)" for name, s in zip(names, students)]
+    # the decoder's shape on a line of its own: a 96 px column holds about 15 characters
+    labels += [f"{name}\n{decoder_shape(s)}\n{s.config.num_inference_steps} step" for name, s in zip(names, students)]
     labelled_grid(rows, labels).save(path)
     print(f"wrote {path}")
 
@@ -178,6 +243,71 @@ def error_bands(args, teacher, students: list, teacher_default: int) -> dict:
         decoded = decode(vae, 1 if vae is teacher else vae.config.num_inference_steps)
         result[name] = {"psnr_to_teacher": psnr(decoded, reference), "error_share": shares(decoded - reference)}
     return result
+
+
+def row_label(row: dict) -> str:
+    """A row's name in the figures: `student 1 (16,32,64)x1`, or the teacher's decoder and steps."""
+    if row["model"] == "teacher":
+        return f"teacher {row['decoder']}, {row['steps']} step{'s' if row['steps'] > 1 else ''}"
+    return f"{row['model']} {row['decoder']}"
+
+
+def plot_frontier(rows: list[dict], teacher_default: int, resolutions: list[int], machine: dict, path: Path) -> None:
+    """Held-out PSNR against eager decode time over the AutoencoderKL's: the teacher at 1 step and at its default and
+    each student at the held-out images' resolution (`resolutions[0]`, filled), and the students again at each
+    further timed resolution (same PSNR, hollow, another marker). Dashed: the KL's time (x = 1) and the quality floor
+    (the teacher's default PSNR - PSNR_FLOOR_DB). Each point has a short tag; the legend spells out the decoders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 5.5), constrained_layout=True)
+    for steps, colour in ((teacher_default, "black"), (1, "grey")):
+        row = next(r for r in rows if r["model"] == "teacher" and r["steps"] == steps)
+        ax.scatter(row["time_over_kl"], row["psnr"], marker="s", color=colour, label=frontier_legend(row))
+        tag = f"teacher, {steps} step{'s' if steps > 1 else ''}"  # left of the point: the default is rightmost
+        ax.annotate(tag, (row["time_over_kl"], row["psnr"]), xytext=(-6, -4), textcoords="offset points", ha="right")
+    markers = ["o", "^", "v", "P", "X", "*"]
+    students = [r for r in rows if r["model"] != "teacher"]
+    for k, row in enumerate(students):
+        colour, xs = f"C{k % 10}", [row.get(column) for column in frontier_columns(resolutions)]
+        timed = [(j, x) for j, x in enumerate(xs) if x is not None]
+        ax.plot([x for _, x in timed], [row["psnr"]] * len(timed), color=colour, alpha=0.3, linewidth=1)  # pairs
+        for j, x in timed:
+            style = {"color": colour} if j == 0 else {"facecolors": "none", "edgecolors": colour}
+            label = frontier_legend(row) if j == 0 else None
+            ax.scatter(x, row["psnr"], marker=markers[j % len(markers)], label=label, **style)
+        # one tag per student, at the data's resolution; its other points share its colour and PSNR
+        ax.annotate(row["model"], (xs[0], row["psnr"]), xytext=(5, 5), textcoords="offset points", color=colour)
+    for j, resolution in enumerate(resolutions):  # what each marker means, in the legend
+        style = {"color": "black"} if j == 0 else {"facecolors": "none", "edgecolors": "black"}
+        ax.scatter([], [], marker=markers[j % len(markers)], label=f"students at {resolution}²", **style)
+    teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="AutoencoderKL decode (x = 1)")
+    floor = f"teacher default - {PSNR_FLOOR_DB} dB (quality floor)"
+    ax.axhline(teacher["psnr"] - PSNR_FLOOR_DB, color="red", linestyle="--", linewidth=1, label=floor)
+    ax.set_xscale("log")
+    ax.margins(x=0.15)  # room for the tags of the outermost points
+    ax.set_xlabel("decode time / AutoencoderKL decode (eager, same resolution; log scale)")
+    ax.set_ylabel("held-out PSNR (dB), higher is better")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    processor = f"{machine['processor']} ({machine['device']}, {machine['threads']} threads)"
+    ax.set_title(f"Distilled students: quality against decode time\n{processor}")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def frontier_columns(resolutions: list[int]) -> list[str]:
+    """The time_over_kl column of each timed resolution, the held-out images' (the first) without a suffix."""
+    return ["time_over_kl", *(f"time_over_kl_{resolution}" for resolution in resolutions[1:])]
+
+
+def frontier_legend(row: dict) -> str:
+    """A point's legend entry: its label and its decoder's size."""
+    return f"{row_label(row)}, {row['decoder_params_m']:.2f}M decoder params"
 
 
 def spread(args, rows: list[dict], teacher_default: int) -> list[dict]:
@@ -213,10 +343,14 @@ def mean_and_std(values: list[float | None]) -> tuple[float | None, float | None
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def verdicts(rows: list[dict], teacher_default: int, speed_options: list[str] = ("eager",)) -> list[dict]:
+def verdicts(
+    rows: list[dict], teacher_default: int, speed_options: list[str] = ("eager",), timed: dict[int, str] | None = None
+) -> list[dict]:
     """The distillation targets, checked on the first student; `holds` is None where a metric could not
     be computed (SWD and the high-frequency ratio need enough images of one size). The decode check is made in
-    eager mode, and again for each other `speed_options` entry, both sides treated alike."""
+    eager mode, and again for each other `speed_options` entry, both sides treated alike. Then, on the best student
+    (`best_student`; None if no student qualifies), the eager decode against the AutoencoderKL's at each resolution
+    of `timed` ({resolution: its time_over_kl column})."""
     teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
     teacher_one = next(r for r in rows if r["model"] == "teacher" and r["steps"] == 1)
     student = next(r for r in rows if r["model"].startswith("student"))
@@ -239,8 +373,38 @@ def verdicts(rows: list[dict], teacher_default: int, speed_options: list[str] = 
             holds = bool(check())
         except TypeError:  # a metric is None
             holds = None
-        results.append({"check": name, "holds": holds})
+        results.append({"check": name, "student": student["model"], "holds": holds})
+    best = best_student(rows, teacher_default)
+    for resolution, column in (timed or {}).items():
+        ratio = None if best is None else best.get(column)
+        results.append(
+            {
+                "check": f"decode <= 1.0 x AutoencoderKL at {resolution}², best student",
+                "student": None if best is None else best["model"],
+                "holds": None if ratio is None else bool(ratio <= 1.0),
+            }
+        )
     return results
+
+
+def best_student(rows: list[dict], teacher_default: int) -> dict | None:
+    """The student row with the fastest eager decode (over the AutoencoderKL's, at the held-out images' resolution)
+    among those within PSNR_FLOOR_DB of the teacher's default PSNR and with a high-frequency ratio in HF_RATIO_RANGE;
+    None if no student is, or a metric is missing."""
+    teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
+    if teacher["psnr"] is None:
+        return None
+    low, high = HF_RATIO_RANGE
+    qualified = [
+        r
+        for r in rows
+        if r["model"].startswith("student")
+        and r["psnr"] is not None
+        and r["psnr"] >= teacher["psnr"] - PSNR_FLOOR_DB
+        and r["hf_energy_ratio"] is not None
+        and low <= r["hf_energy_ratio"] <= high
+    ]
+    return min(qualified, key=lambda r: r["time_over_kl"], default=None)
 
 
 def main(args) -> dict:
@@ -252,17 +416,23 @@ def main(args) -> dict:
     if args.figure_only:
         figure(args, teacher, students, teacher_default, output_dir / "decodes.png")
         return {"figure": str(output_dir / "decodes.png")}
+    resolution = load_image(list_image_files(args.data_dir, 1)[0]).size[0]
+    extra_resolutions = [r for r in dict.fromkeys(args.timing_resolutions) if r != resolution]  # the data's: timed
+    f = teacher.downsample_factor
+    if any(r <= 0 or r % f for r in extra_resolutions):  # before minutes of scoring, not after
+        raise ValueError(f"--timing_resolutions {extra_resolutions} must be positive multiples of {f}.")
 
     rows = []
     for steps in sorted({TEACHER_MANY_STEPS, teacher_default, 1}, reverse=True):
         metrics = evaluate(args.teacher, steps, args, f"teacher-{steps}")
-        rows.append({"model": "teacher", "folder": args.teacher, "steps": steps, **metrics})
+        rows.append(
+            {"model": "teacher", **decoder_columns(teacher), "folder": args.teacher, "steps": steps, **metrics}
+        )
     for k, (folder, student) in enumerate(zip(args.student, students)):
         steps = int(student.config.num_inference_steps)
         metrics = evaluate(folder, steps, args, f"student{k}-{steps}")
-        rows.append({"model": f"student {k}", "folder": folder, "steps": steps, **metrics})
+        rows.append({"model": f"student {k}", **decoder_columns(student), "folder": folder, "steps": steps, **metrics})
 
-    resolution = load_image(list_image_files(args.data_dir, 1)[0]).size[0]
     times = decode_times(args, teacher_default, resolution)
     for row in rows:  # every ratio within one timing run; the teacher's rows from the first
         run = times[args.student[0] if row["model"] == "teacher" else row["folder"]]
@@ -274,16 +444,28 @@ def main(args) -> dict:
         row["time_vs_1_over_n"] = row["s_per_image"] / (
             run["teacher"][teacher_default] * row["steps"] / teacher_default
         )
+    if extra_resolutions:
+        ratios = decode_times_at(args, teacher, extra_resolutions)
+        for row in rows:
+            if row["model"] != "teacher":
+                row.update(ratios[row["folder"]])
 
     figure(args, teacher, students, teacher_default, output_dir / "decodes.png")
-    checks = verdicts(rows, teacher_default, args.decode_speed_options)
+    timed = {resolution: "time_over_kl", **{r: f"time_over_kl_{r}" for r in extra_resolutions}}
+    checks = verdicts(rows, teacher_default, args.decode_speed_options, timed)
+    best = best_student(rows, teacher_default)
     spreads = spread(args, rows, teacher_default) if args.spread_seeds else []
     bands = error_bands(args, teacher, students, teacher_default)
     machine = machine_info(torch.device("cpu"))
+    plot_frontier(rows, teacher_default, list(timed), machine, output_dir / "frontier.png")
     print(f"\n## distillation: teacher {args.teacher} (default {teacher_default} steps), {machine}\n")
     print(markdown_table([{k: v for k, v in row.items() if k != "folder"} for row in rows]))
     print()
     print(markdown_table(checks))
+    print(
+        f"\nbest student: {'none qualifies' if best is None else row_label(best)} (the fastest within "
+        f"{PSNR_FLOOR_DB} dB of the teacher's default PSNR, HF ratio in {list(HF_RATIO_RANGE)})"
+    )
     if bands:
         print(f"\n### against the teacher's {teacher_default}-step decode, per Laplacian band (finest first)\n")
         table = [
@@ -306,6 +488,7 @@ def main(args) -> dict:
         "machine": machine,
         "kl_s_per_image": {student: run["kl"] for student, run in times.items()},
         "rows": rows,
+        "best_student": None if best is None else best["model"],
         "checks": checks,
         "spread": spreads,
         "error_bands": bands,

@@ -16,6 +16,11 @@ latent caches and latent DiTs trained on the teacher stay valid. The output is a
 `AutoencoderDiTo` has `num_inference_steps = --student_steps` in its config, so every decoding path (the pipelines,
 the drop-in `vae=`, tiling, the CLI) decodes in one network evaluation with no code change.
 
+The student's decoder may be lighter than the teacher's (`--student_config`: a `STUDENT_DECODER_PRESETS` name such as
+`lite`, a JSON file, or an inline JSON object of `decoder_*` settings): its tensors whose name and shape are the
+teacher's start from the teacher's values, the others from a fresh initialisation seeded by `--seed`, and the saved
+folder's config holds the student's decoder, so it loads everywhere the teacher does.
+
 Data, EMA, atomic checkpoints, exact resume, multi-process training and the bad-data and non-finite limits are those
 of train_dito.py, shared through the `diffusers_dito.training` library.
 
@@ -26,6 +31,7 @@ docs/distillation.md has the method, the flags and the measured results.
 """
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -34,7 +40,7 @@ import torch
 from accelerate.logging import get_logger
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 
-from diffusers_dito import AutoencoderDiTo
+from diffusers_dito import STUDENT_DECODER_PRESETS, AutoencoderDiTo
 from diffusers_dito.atomic_files import save_folder_atomically
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.models.autoencoder_dito import downsample_factor_of
@@ -50,6 +56,8 @@ from diffusers_dito.training.objectives import (
     DistillationObjective,
     TeacherTargetCache,
     build_student,
+    student_decoder_overrides,
+    student_model_config,
     teacher_targets,
 )
 from diffusers_dito.training.reliability import lock_output_dir, run_script
@@ -93,6 +101,14 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         choices=range(1, MAX_STUDENT_STEPS + 1),
         default=1,
         help="Euler steps of the student's decode, written into its config as num_inference_steps.",
+    )
+    model.add_argument(
+        "--student_config",
+        type=str,
+        default="teacher",
+        help=f"The student's decoder: a preset ({', '.join(STUDENT_DECODER_PRESETS)}; teacher: the teacher's own), "
+        "a JSON file, or an inline JSON object of decoder_* settings of the teacher's config to change, e.g. "
+        "'{\"decoder_layers_per_block\": 1}'. Tensors of the teacher's name and shape start from its values.",
     )
     model.add_argument(
         "--data_loss_weight",
@@ -189,6 +205,10 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             f"--teacher_steps {teacher_steps} must be more than --student_steps {args.student_steps}: the student "
             "learns the teacher's many-step decode."
         )
+    try:  # decoder keys of the right types, and a decoder that builds on the teacher's config
+        student_model_config(config, student_decoder_overrides(args.student_config), args.student_steps)
+    except ValueError as err:
+        parser.error(f"--student_config {err}")
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -230,9 +250,11 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
     if teacher_steps <= args.student_steps:
         raise ValueError(f"--teacher_steps {teacher_steps} must be more than --student_steps {args.student_steps}.")
     cache = TeacherTargetCache(teacher, teacher_steps, args.seed) if args.cache_teacher_targets else None
+    student_config = student_decoder_overrides(args.student_config)  # {}: the teacher's shape
     student = build_student(
-        args.teacher_model_name_or_path, args.student_steps, args.cache_dir, args.gradient_checkpointing
-    ).to(accelerator.device, memory_format=performance.memory_format(args))
+        args.teacher_model_name_or_path, args.student_steps, args.cache_dir, args.gradient_checkpointing,
+        student_config, args.seed,
+    ).to(accelerator.device, memory_format=performance.memory_format(args))  # fmt: skip
     optimizer, lr_scheduler = create_optimizer(trained_parameters(student), args, accelerator)  # the decoder's
     objective = DistillationObjective(
         student, args.student_steps, args.data_loss_weight, args.loss_type, args.laplacian_levels,
@@ -259,6 +281,8 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
         cache_teacher_targets=cache is not None,
         loss=distillation_loss_name(args),
     )
+    if student_config:  # absent for the teacher's shape, so that runs saved before the flag existed still resume
+        signature.update(student_config=json.loads(json.dumps(student_config)))  # tuples as lists, as saved
     run.resume(dataset_size, signature)
     run.start(
         "DiTo decoder distillation",
@@ -301,7 +325,7 @@ def main(args: argparse.Namespace) -> AutoencoderDiTo:
 
     final = run.finish()  # the final weights (the EMA's with --use_ema), whole, on the main process
     if final is not None:
-        save_final_model(final, args, teacher_steps)
+        save_final_model(final, args, teacher_steps, student_decoder_name(args.student_config, student_config))
     run.close()
     return student
 
@@ -316,8 +340,20 @@ def distillation_loss_name(args: argparse.Namespace) -> str:
     return name
 
 
-def save_final_model(student: AutoencoderDiTo, args: argparse.Namespace, teacher_steps: int) -> None:
-    """A DiToPipeline folder whose model card names the teacher and both step counts."""
+def student_decoder_name(student_config_flag: str, overrides: dict) -> str | None:
+    """The student's decoder in words, for the model card: the preset's name and its settings (None for the teacher's
+    own shape)."""
+    if not overrides:
+        return None
+    name = f"{student_config_flag} " if student_config_flag in STUDENT_DECODER_PRESETS else ""
+    return name + json.dumps(overrides)
+
+
+def save_final_model(
+    student: AutoencoderDiTo, args: argparse.Namespace, teacher_steps: int, student_decoder: str | None = None
+) -> None:
+    """A DiToPipeline folder whose model card names the teacher, both step counts and, where it is not the
+    teacher's, the student's decoder (`student_decoder_name`)."""
     from diffusers_dito import DiToPipeline  # imported late: the training loop does not need the pipeline
 
     pipeline = DiToPipeline(vae=student.eval(), scheduler=FlowMatchEulerDiscreteScheduler())
@@ -326,6 +362,8 @@ def save_final_model(student: AutoencoderDiTo, args: argparse.Namespace, teacher
         f"{args.teacher_model_name_or_path} (its {teacher_steps}-step Euler decode), into {args.student_steps} "
         f"step(s); loss {distillation_loss_name(args)}, data loss weight {args.data_loss_weight}"
     )
+    if student_decoder is not None:
+        pipeline.distilled_from += f"; student decoder: {student_decoder}"
     # Into a temporary folder first: a failed save leaves no model_index.json over half-written weights.
     save_folder_atomically(args.output_dir, pipeline.save_pretrained, last="model_index.json")
     logger.info(f"Saved the {args.student_steps}-step DiToPipeline to {args.output_dir}")

@@ -11,6 +11,7 @@ from .losses import (
 from .models import (
     DIT_PRESETS,
     DITO_PRESETS,
+    STUDENT_DECODER_PRESETS,
     AutoencoderDiTo,
     AutoencoderDiToEncoderOutput,
     DiToDiTTransformer2DModel,
@@ -31,6 +32,7 @@ __all__ = [
     "DiToPipeline",
     "DIT_PRESETS",
     "DITO_PRESETS",
+    "STUDENT_DECODER_PRESETS",
     "dito_flow_matching_loss",
     "laplacian_l2_loss",
     "latent_flow_matching_loss",

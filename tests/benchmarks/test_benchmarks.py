@@ -84,6 +84,7 @@ def test_bench_decode(tmp_path, run_main):
     )  # fmt: skip
     assert [row["steps"] for row in result["steps"]] == [1, 2]
     assert all(finite_positive(row["overhead_vs_N_unet_forwards"]) for row in result["steps"])
+    assert finite_positive(result["decode_1_over_forward"])
     prefixes = [c["comparison"].split(" ")[0] for c in result["comparisons"]]
     assert prefixes[:3] == ["DiTo", "bf16", "channels_last"] and set(prefixes[3:]) == {"student"}
     kl = result["comparisons"][0]
@@ -225,6 +226,7 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_
         "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--data_dir", str(data),
         "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--timing_batch_size", "1", "--spread_seeds", "7",
         "--decode_speed_options", "eager", "channels_last",
+        "--timing_resolutions", "32", "16",  # 16: the data's, timed anyway and not twice
         siblings=("bench_decode",),
     )  # fmt: skip
     assert [(r["model"], r["steps"]) for r in result["rows"]] == [
@@ -233,13 +235,24 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_
     teacher_one, student = result["rows"][2], result["rows"][3]
     assert student["psnr"] == teacher_one["psnr"]  # the same weights and steps, from the same noise
     assert all(finite_positive(r["s_per_image"]) and finite_positive(r["time_over_kl"]) for r in result["rows"])
+    assert {(r["decoder"], r["decoder_params_m"]) for r in result["rows"]} == {
+        ("(8,16,32,32)x1", sum(p.numel() for p in vae.decoder_unet.parameters()) / 1e6)
+    }  # the labels' decoder shape and size, read from each folder's config
     holds = {c["check"]: c["holds"] for c in result["checks"]}
-    assert len(holds) == 7 and holds["PSNR >= teacher default - 0.3 dB"] in (True, False)
+    assert len(holds) == 9 and holds["PSNR >= teacher default - 0.3 dB"] in (True, False)
     # --decode_speed_options: the student's ratio with both sides in NHWC, and its own check
     assert finite_positive(student["time_over_kl_channels_last"]) and "time_over_kl_channels_last" not in teacher_one
     assert holds["decode <= 1.3 x AutoencoderKL, both channels_last"] is (student["time_over_kl_channels_last"] <= 1.3)
     assert holds["SWD <= 1.05 x teacher default"] is None  # 2 images of 16²: too few for SWD, said so
+    # --timing_resolutions: the student against the same KL at 32² too, eager and both in NHWC; the teacher not
+    assert finite_positive(student["time_over_kl_32"]) and finite_positive(student["time_over_kl_32_channels_last"])
+    assert not any(key.startswith("time_over_kl_16") for key in student) and "time_over_kl_32" not in teacher_one
+    best = result["best_student"]  # the random-weight stand-in may or may not qualify; the checks follow it
+    for resolution, column in ((16, "time_over_kl"), (32, "time_over_kl_32")):
+        expected = None if best is None else student[column] <= 1.0
+        assert holds[f"decode <= 1.0 x AutoencoderKL at {resolution}², best student"] is expected
     assert PIL.Image.open(tmp_path / "report" / "decodes.png").size[0] > 4 * 16
+    assert (tmp_path / "report" / "frontier.png").stat().st_size > 10_000  # drawn, not an empty canvas
     # Where the 1-step decodes differ from the teacher's default decode: the stand-in student is the teacher at 1 step
     bands = result["error_bands"]
     assert bands["student 0"] == bands["teacher 1 step"] and abs(sum(bands["student 0"]["error_share"]) - 1) < 1e-6
@@ -256,6 +269,26 @@ def test_distillation_report_times_and_scores_teacher_and_student(tmp_path, run_
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["decodes.png"]
     first = np.asarray(PIL.Image.open(tmp_path / "report" / "decodes.png"))
     assert np.array_equal(np.asarray(PIL.Image.open(redrawn["figure"])), first)
+
+
+def test_distillation_report_checks_the_fastest_student_above_the_quality_floor():
+    report = load_benchmark("distillation_report.py", siblings=("bench_decode",))
+    teacher = {"model": "teacher", "decoder": "(8,16)x2", "psnr": 30.0, "swd": 1.0, "hf_energy_ratio": 1.0}
+    rows = [{**teacher, "steps": 2, "time_over_kl": 9.0}, {**teacher, "steps": 1, "time_over_kl": 5.0}]
+    for k, (psnr, hf, ratio) in enumerate([(29.6, 1.0, 0.9), (29.0, 1.0, 0.3), (29.8, 2.0, 0.2), (29.7, 0.9, 0.8)]):
+        student = {"model": f"student {k}", "decoder": "(8,16)x1", "psnr": psnr, "hf_energy_ratio": hf, "swd": 1.0}
+        rows.append({**student, "steps": 1, "time_over_kl": ratio, "time_over_kl_64": 1.1, "time_vs_1_over_n": 1.0})
+    # student 1 is below the 0.5 dB floor, student 2 over-sharpened: student 3 is the fastest that qualifies
+    assert report.best_student(rows, teacher_default=2)["model"] == "student 3"
+    assert report.row_label(rows[5]) == "student 3 (8,16)x1"
+    assert report.row_label(rows[1]) == "teacher (8,16)x2, 1 step"
+    checks = report.verdicts(rows, 2, timed={32: "time_over_kl", 64: "time_over_kl_64"})
+    new = [(c["student"], c["holds"]) for c in checks if c["check"].endswith("best student")]
+    assert new == [("student 3", True), ("student 3", False)] and checks[0]["student"] == "student 0"
+    for row in rows[2:]:
+        row["psnr"] = 20.0
+    assert report.best_student(rows, 2) is None
+    assert [c["holds"] for c in report.verdicts(rows, 2, timed={32: "time_over_kl"})][-1] is None
 
 
 # ------------------------------------------------------------------------------------------------------ gpu_check.py

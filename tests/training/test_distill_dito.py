@@ -1,5 +1,6 @@
 """Tests of training/distill_dito.py: distilling a tiny trained DiTo into a 1-step student, mostly in-process."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,15 @@ from test_train_dito import read_dump, vae_weights
 from diffusers_dito import AutoencoderDiTo, DiToPipeline, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from diffusers_dito.sample_data import split_crops
 from diffusers_dito.training import objectives
+from diffusers_dito.training.checkpoints import ResumeMismatchError
 from diffusers_dito.training.sharding import TEST_FSDP_ON_CPU_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "distill_dito.py"
 TEACHER_STEPS = 4  # the default of the teacher (conftest.PHOTO_TINY_CONFIG)
+# A lighter student of that teacher (decoder (16, 32, 48, 48), 2 ResNets per level): one ResNet per level and a
+# narrower deepest level, so that some decoder tensors keep their name and shape and others do not.
+LIGHTER_STUDENT = {"decoder_block_out_channels": [16, 32, 32, 32], "decoder_layers_per_block": 1}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +78,25 @@ def distilled(distill_dito, teacher_dir, image_dir, tmp_path_factory):
     return out, student
 
 
+def lighter_run(distill_dito, teacher_dir, image_dir, out: Path, steps: int, *extra: str) -> AutoencoderDiTo:
+    """A run of the lighter student (inline JSON) on 16 cached pairs, with EMA and a checkpoint at step 3."""
+    common = ("--student_config", json.dumps(LIGHTER_STUDENT), "--use_ema", "--checkpointing_steps", "3")
+    common += ("--max_train_samples", "16", "--cache_teacher_targets", "--no-random_flip")  # step 3 is mid-epoch
+    args = run_args(distill_dito, out, teacher_dir, image_dir, *common, "--max_train_steps", str(steps), *extra)
+    student = distill_dito.main(args)
+    reset_accelerate()
+    return student
+
+
+@pytest.fixture(scope="module")
+def lighter(distill_dito, teacher_dir, image_dir, tmp_path_factory):
+    """The lighter student trained straight for 5 steps: `(out, student)`, its debug dump in `out.parent / "dump"`.
+    The resume test replays it."""
+    out = tmp_path_factory.mktemp("lighter") / "out"
+    student = lighter_run(distill_dito, teacher_dir, image_dir, out, 5, "--debug_dump_dir", str(out.parent / "dump"))
+    return out, student
+
+
 def decode_distance(vae: AutoencoderDiTo, steps: int, images: torch.Tensor, targets: torch.Tensor) -> float:
     """Mean squared distance of `vae`'s `steps`-step decode to `targets`, from the noise of seed 1."""
     with torch.no_grad():
@@ -118,8 +142,9 @@ def test_student_folder_decodes_in_one_step_keeps_the_teachers_encoder_and_names
     assert image.shape == (1, 3, 32, 32) and len(calls) == 1
 
 
-def test_student_is_a_drop_in_vae_of_a_stock_pipeline(distilled):
-    out, _ = distilled
+@pytest.mark.parametrize("student", ["distilled", "lighter"])
+def test_student_is_a_drop_in_vae_of_a_stock_pipeline(student, request):
+    out, _ = request.getfixturevalue(student)
     vae = DiToPipeline.from_pretrained(out).vae
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
@@ -154,6 +179,99 @@ def test_resume_with_cached_targets_is_bit_identical(distill_dito, teacher_dir, 
     assert read_dump(tmp_path / "a")["weights_sha256"] == read_dump(tmp_path / "b")["weights_sha256"]
     for name, tensor in straight.state_dict().items():  # the EMA weights
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_lighter_student_folder_holds_its_decoder_and_the_teachers_encoder(lighter, teacher_dir):
+    out, student = lighter
+    loaded = DiToPipeline.from_pretrained(out)
+    config = loaded.vae.config
+    assert list(config.decoder_block_out_channels) == [16, 32, 32, 32] and config.decoder_layers_per_block == 1
+    assert config.num_inference_steps == 1 and config.decoder_time_embedding_dim == 64  # the rest: the teacher's
+    teacher = vae_weights(teacher_dir / "vae")
+    saved = vae_weights(out / "vae")
+    encoder_keys = [k for k in teacher if not k.startswith("decoder_unet.")]
+    assert encoder_keys and all(torch.equal(teacher[k], saved[k]) for k in encoder_keys)  # bit for bit
+    assert set(saved) - set(teacher) == set() and len(saved) < len(teacher)  # fewer ResNets, no new kind of tensor
+    for name, tensor in student.state_dict().items():
+        assert torch.equal(tensor, loaded.vae.state_dict()[name]), name
+    card = (out / "README.md").read_text()
+    assert f"student decoder: {json.dumps(LIGHTER_STUDENT)}" in card
+    image = loaded(torch.zeros(1, 3, 32, 32), output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_lighter_student_starts_from_the_teachers_tensors_where_name_and_shape_match(teacher_dir):
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # build_student logs what it copied through accelerate's logger
+    overrides = objectives.student_decoder_overrides(json.dumps(LIGHTER_STUDENT))
+    assert overrides["decoder_block_out_channels"] == (16, 32, 32, 32)  # a JSON list as the presets' tuple
+    rng = torch.random.get_rng_state()
+    student = objectives.build_student(str(teacher_dir), 1, student_config=overrides, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # seeded on its own: the caller's random state is kept
+    teacher = AutoencoderDiTo.from_pretrained(teacher_dir / "vae")
+    for name, tensor in teacher.encoder.state_dict().items():
+        assert torch.equal(tensor, student.encoder.state_dict()[name]), name
+    torch.manual_seed(3)  # the fresh initialisation the others keep: diffusers' own, drawn from the seed
+    fresh = AutoencoderDiTo.from_config({**teacher.config, **overrides, "num_inference_steps": 1}).decoder_unet
+    source, copied, kept = teacher.decoder_unet.state_dict(), [], []
+    for name, tensor in student.decoder_unet.state_dict().items():
+        if name in source and source[name].shape == tensor.shape:
+            assert torch.equal(tensor, source[name]), name
+            copied.append(name)
+        else:
+            assert torch.equal(tensor, fresh.state_dict()[name]), name
+            kept.append(name)
+    assert "conv_in.weight" in copied and "down_blocks.0.resnets.0.conv1.weight" in copied
+    assert "down_blocks.2.resnets.0.conv1.weight" in kept  # 32 wide instead of 48
+    assert [n for n, p in student.named_parameters() if p.requires_grad] == [
+        n for n, _ in student.named_parameters() if n.startswith("decoder_unet.")
+    ]
+
+
+def test_lighter_student_resumes_exactly_and_refuses_another_student_config(
+    lighter, distill_dito, teacher_dir, image_dir, tmp_path
+):
+    out, straight = lighter
+    lighter_run(distill_dito, teacher_dir, image_dir, tmp_path / "resumed", 3)  # stops after its checkpoint-3
+    resumed = lighter_run(
+        distill_dito, teacher_dir, image_dir, tmp_path / "resumed", 5,
+        "--resume_from_checkpoint", "latest", "--debug_dump_dir", str(tmp_path / "dump"),
+    )  # fmt: skip
+    assert read_dump(out.parent / "dump")["weights_sha256"] == read_dump(tmp_path / "dump")["weights_sha256"]
+    for name, tensor in straight.state_dict().items():  # the EMA weights
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    # Another student config is another model: its checkpoint is refused, naming the change.
+    args = run_args(
+        distill_dito, tmp_path / "resumed", teacher_dir, image_dir, "--use_ema", "--max_train_samples", "16",
+        "--cache_teacher_targets", "--no-random_flip", "--max_train_steps", "5", "--resume_from_checkpoint", "latest",
+    )  # fmt: skip
+    with pytest.raises(ResumeMismatchError, match="student_config"):
+        distill_dito.main(args)
+
+
+def test_bad_student_configs_are_one_line_usage_errors(distill_dito, teacher_dir, image_dir, tmp_path, capsys):
+    base = ["--teacher_model_name_or_path", str(teacher_dir), "--train_data_dir", str(image_dir)]
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for value, message in [
+        ('{"latent_channels": 8}', "sets `latent_channels`, an encoder or latent setting"),
+        ('{"block_out_channels": [8, 16]}', "sets `block_out_channels`, an encoder or latent setting"),
+        ('{"decoder_layers": 1}', "sets `decoder_layers`, not an AutoencoderDiTo config key"),
+        ('{"decoder_layers_per_block": 1', "is not valid JSON"),
+        (str(tmp_path / "missing.json"), "is neither a preset (teacher, slim, lite, nano), a JSON object nor an"),
+        (str(tmp_path / "list.json"), "must hold a JSON object"),
+        ('{"decoder_layers_per_block": "1"}', "sets `decoder_layers_per_block` to '1'; it must be int"),
+        ('{"decoder_add_attention": 1}', "it must be bool"),
+        ('{"decoder_block_out_channels": [16, 20]}', "must be multiples of `decoder_norm_num_groups` = 8"),
+        ('{"decoder_block_out_channels": [16, 32, 32, 32, 32]}', "gives a decoder that cannot be built"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            distill_dito.parse_args([*base, "--student_config", value])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(lines) == 1 and "--student_config" in lines[0], (value, lines)
+        assert message in lines[0], (value, lines)
+    for value in ["teacher", "slim", json.dumps(LIGHTER_STUDENT)]:  # and the good ones pass
+        assert distill_dito.parse_args([*base, "--student_config", value]).student_config == value
 
 
 def test_target_cache_decodes_each_image_once_from_its_own_noise(distill_dito, teacher_dir):

@@ -4,6 +4,9 @@ Use them as `AutoencoderDiTo.from_config(DITO_PRESETS[name])`. The B/L/XL preset
 (github.com/yinboc/dito, `configs/experiments/dito-{B,L,XL}-f8c4.yaml`): their decoders have exactly the official
 parameter counts (162.780M, 338.524M, 620.941M), which `tests/models/test_presets.py` checks on the meta device, and
 `scripts/convert_dito_to_diffusers.py` loads official checkpoints into them (docs/conversion.md).
+
+`STUDENT_DECODER_PRESETS` are decoder-only overrides of a trained model's config, for the one-step students of
+`training/distill_dito.py` (`--student_config NAME`).
 """
 
 # The SD-VAE f8c4 encoder shared by every paper-sized preset: 4 levels (3 down-samplings), 2 ResNets per level.
@@ -68,5 +71,26 @@ DITO_PRESETS: dict[str, dict] = {
         "decoder_norm_num_groups": 16,
         "decoder_time_embedding_dim": 128,
         "num_inference_steps": 32,
+    },
+}
+
+
+# Lighter decoders for distilled one-step students, as overrides of the teacher's config (`--student_config NAME` of
+# training/distill_dito.py): only `decoder_*` keys, so the student keeps the teacher's encoder and latent space. The
+# sizes are for the demo's dito-cpu-f4c4, whose decoder is (32, 64, 96) with 2 ResNets per level, 16 groups and a
+# 128-d time embedding (2.77M parameters).
+STUDENT_DECODER_PRESETS: dict[str, dict] = {
+    "teacher": {},  # the teacher's own decoder
+    "slim": {"decoder_layers_per_block": 1},  # dito-cpu-f4c4: 1.99M
+    "lite": {  # dito-cpu-f4c4: 0.82M
+        "decoder_block_out_channels": (16, 32, 64),
+        "decoder_layers_per_block": 1,
+        "decoder_norm_num_groups": 8,
+    },
+    "nano": {  # dito-cpu-f4c4: 0.33M
+        "decoder_block_out_channels": (16, 32, 32),
+        "decoder_layers_per_block": 1,
+        "decoder_norm_num_groups": 8,
+        "decoder_time_embedding_dim": 64,
     },
 }

@@ -1,19 +1,34 @@
 # Copyright 2026 The diffusers-dito authors. Licensed under the Apache License, Version 2.0.
 """The training objectives as modules, so that DistributedDataParallel (which syncs gradients only for computations run
 through the wrapped module's `forward`) and FSDP see the whole step: `DiToTrainingObjective` (train_dito.py) and
-`DistillationObjective` with its teacher targets (distill_dito.py). The loss math itself lives in
+`DistillationObjective` with its teacher targets and its student (distill_dito.py). The loss math itself lives in
 `diffusers_dito.losses`.
 """
 
+import inspect
+import json
+import os
+import types
+import typing
+
 import torch
+from accelerate.logging import get_logger
 
 from ..losses import dito_flow_matching_loss, laplacian_l2_loss, patch_sliced_wasserstein_loss
 from ..models.autoencoder_dito import AutoencoderDiTo
+from ..models.presets import STUDENT_DECODER_PRESETS
 from ..pipelines.loading import load_component
+from ..safe_loading import read_json_object
 from .data import seed_from
+
+logger = get_logger(__name__, log_level="INFO")
 
 LOSS_TYPES = ("l2", "laplacian")  # the distillation loss between the student's and the teacher's decodes
 SWD_NOISES = ("fresh", "paired")  # the noise the distribution term's student decode starts from
+_CONFIG_PARAMETERS = inspect.signature(AutoencoderDiTo.__init__).parameters
+# What a student's config may change: its decoder alone. The encoder, the latent channels and the latent layer norm
+# stay the teacher's, so the student decodes the teacher's latents (and those of every cache and DiT trained on them).
+STUDENT_CONFIG_KEYS = tuple(name for name in _CONFIG_PARAMETERS if name.startswith("decoder_"))
 
 
 class DiToTrainingObjective(torch.nn.Module):
@@ -163,14 +178,125 @@ class TeacherTargetCache:
 
 
 def build_student(
-    teacher_path: str, student_steps: int, cache_dir: str | None = None, gradient_checkpointing: bool = False
+    teacher_path: str,
+    student_steps: int,
+    cache_dir: str | None = None,
+    gradient_checkpointing: bool = False,
+    student_config: dict | None = None,
+    seed: int = 0,
 ) -> AutoencoderDiTo:
-    """A second copy of the teacher at `teacher_path` whose config decodes in `student_steps`; only its decoder
-    trains, so its encoder (and the latent space) stays the teacher's, bit for bit."""
+    """A copy of the teacher at `teacher_path` whose config decodes in `student_steps`, its decoder reshaped by
+    `student_config` (decoder overrides, `student_decoder_overrides`; None or `{}`: the teacher's own shape, and
+    `seed` is not used). Only its decoder trains, so its encoder (and the latent space) stays the teacher's, bit for
+    bit."""
     student = load_component(AutoencoderDiTo, teacher_path, "vae", cache_dir)
+    if student_config:
+        student = reshaped_student(student, student_config, student_steps, seed)
     student.register_to_config(num_inference_steps=student_steps)
     student.requires_grad_(False)
     student.decoder_unet.requires_grad_(True).train()
     if gradient_checkpointing:
         student.enable_gradient_checkpointing()
     return student
+
+
+def reshaped_student(teacher: AutoencoderDiTo, overrides: dict, student_steps: int, seed: int) -> AutoencoderDiTo:
+    """A new model of the teacher's config with the decoder `overrides`: the teacher's encoder bit for bit, and each
+    decoder tensor whose name and shape are the teacher's with the teacher's values (with fewer ResNets per level, the
+    first ones of each level, and the outer layers where their widths are kept); the others keep diffusers' fresh
+    initialisation, drawn from `seed` alone."""
+    # A one-step student need not be a good multi-step denoiser, only map (z, ε) to the teacher's decode in one
+    # evaluation, so it need not keep the teacher's shape: a lighter decoder decodes faster. Where its tensors keep
+    # the teacher's name and shape they start from what the teacher learned rather than from noise.
+    config = student_model_config(dict(teacher.config), overrides, student_steps)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        student = AutoencoderDiTo.from_config(config)
+    for name, module in student.named_children():  # strict: every non-decoder weight is the teacher's
+        if name != "decoder_unet":
+            module.load_state_dict(getattr(teacher, name).state_dict())
+    source = teacher.decoder_unet.state_dict()
+    fresh = student.decoder_unet.state_dict()
+    copied = {name: source[name] for name, t in fresh.items() if name in source and source[name].shape == t.shape}
+    student.decoder_unet.load_state_dict(copied, strict=False)
+    copied_numel = sum(t.numel() for t in copied.values())
+    fresh_numel = sum(t.numel() for name, t in fresh.items() if name not in copied)
+    logger.info(
+        f"Student decoder {json.dumps(overrides)}: {len(copied)} tensors ({copied_numel / 1e6:.3f}M values) start "
+        f"from the teacher's, {len(fresh) - len(copied)} ({fresh_numel / 1e6:.3f}M) freshly initialised (seed "
+        f"{seed}); the encoder is the teacher's, bit for bit."
+    )
+    return student
+
+
+def student_decoder_overrides(value: str) -> dict:
+    r"""
+    The decoder overrides that `--student_config` names: a `STUDENT_DECODER_PRESETS` name, an inline JSON object, or
+    the path of a JSON file holding one. Only the decoder's keys (`STUDENT_CONFIG_KEYS`) are allowed, each of its
+    config type; JSON lists become tuples, as in the presets.
+
+    Raises:
+        `ValueError`: One line that says what is wrong with `value` (it reads after the flag's name).
+
+    Examples:
+        ```py
+        >>> from diffusers_dito.training.objectives import student_decoder_overrides
+
+        >>> student_decoder_overrides("slim"), student_decoder_overrides('{"decoder_block_out_channels": [16, 32]}')
+        ({'decoder_layers_per_block': 1}, {'decoder_block_out_channels': (16, 32)})
+
+        ```
+    """
+    if value in STUDENT_DECODER_PRESETS:
+        overrides = STUDENT_DECODER_PRESETS[value]
+    elif value.lstrip().startswith("{"):
+        try:
+            overrides = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{value} is not valid JSON ({err}).") from None
+    elif os.path.isfile(value):
+        overrides = read_json_object(value)
+    else:
+        presets = ", ".join(STUDENT_DECODER_PRESETS)
+        raise ValueError(f"{value} is neither a preset ({presets}), a JSON object nor an existing JSON file.")
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{value} must be a JSON object of decoder settings, got {overrides!r:.60}.")
+    return {name: _decoder_setting(name, setting) for name, setting in overrides.items()}
+
+
+def _decoder_setting(name: str, value):
+    """`value` of the config key `name` as its `AutoencoderDiTo.__init__` annotation has it (int, `int | None`, bool
+    or `tuple[int, ...]`, a JSON list as a tuple), or a `ValueError`."""
+    if name not in STUDENT_CONFIG_KEYS:
+        what = "an encoder or latent setting" if name in _CONFIG_PARAMETERS else "not an AutoencoderDiTo config key"
+        raise ValueError(
+            f"sets `{name}`, {what}: a student keeps the teacher's encoder and latents, and may change only "
+            f"{', '.join(STUDENT_CONFIG_KEYS)}."
+        )
+    annotation = _CONFIG_PARAMETERS[name].annotation
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if (value is None and type(None) in options) or (isinstance(value, bool) and bool in options):
+        return value
+    if _is_int(value) and int in options:
+        return value
+    if tuple[int, ...] in options and isinstance(value, list | tuple) and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise ValueError(f"sets `{name}` to {value!r}; it must be {inspect.formatannotation(annotation)}.")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def student_model_config(teacher_config: dict, overrides: dict, student_steps: int) -> dict:
+    """The student's `AutoencoderDiTo` config: the teacher's, with the decoder `overrides` and `num_inference_steps =
+    student_steps`; a one-line `ValueError` where no model can be built from it (checked on the meta device: no
+    memory, no initialisation)."""
+    config = {**teacher_config, **overrides, "num_inference_steps": student_steps}
+    try:
+        with torch.device("meta"):
+            AutoencoderDiTo.from_config(config)
+    except (ValueError, TypeError, RuntimeError) as err:
+        message = " ".join(str(err).split())  # one line
+        raise ValueError(f"{json.dumps(overrides)} gives a decoder that cannot be built: {message}") from None
+    return config
