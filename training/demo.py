@@ -29,7 +29,7 @@ import json
 import time
 from pathlib import Path
 
-from diffusers_dito import DITO_PRESETS
+from diffusers_dito import DITO_PRESETS, STUDENT_DECODER_PRESETS
 from diffusers_dito.cli import OneLineArgumentParser  # one-line usage errors, exit code 2
 from diffusers_dito.metrics.perceptual import LPIPS_BACKBONE_FILES
 from diffusers_dito.sample_data import write_split_crops
@@ -71,6 +71,10 @@ DISTILL_DATA_LOSS_WEIGHT = 0.0  # 0.1 raised PSNR but blurred the student below 
 # 5000 steps miss it (experiments/distill_recipes/README.md).
 DISTILL_SWD_LOSS_WEIGHT = 0.0
 DISTILL_SWD_NOISE = "fresh"
+# The student's decoder (`--student_config`): the teacher's shape. `lite` decodes in 0.52x an AutoencoderKL's time
+# (the teacher-shaped student: 1.8x) at 0.4 dB less, but its high-frequency ratio lies on the 0.7 floor (0.69-0.71
+# over two runs), so it is not the default (docs/distillation.md, "Four student sizes").
+DISTILL_STUDENT_CONFIG = "teacher"
 
 
 def parse_args(argv=None):
@@ -79,6 +83,9 @@ def parse_args(argv=None):
     parser.add_argument("--train_data_dir", default=None, help="Your image folder (default: bundled photo crops).")
     parser.add_argument("--eval_data_dir", default=None, help="Held-out images (default: bundled photo crops).")
     parser.add_argument("--model_preset", default=PRESET, choices=sorted(DITO_PRESETS))
+    parser.add_argument(
+        "--model_config", default=None, help="Train this AutoencoderDiTo config.json (file or folder) instead."
+    )
     parser.add_argument("--resolution", type=int, default=RESOLUTION)
     parser.add_argument("--num_train_crops", type=int, default=NUM_TRAIN_CROPS)
     parser.add_argument("--num_eval_crops", type=int, default=NUM_EVAL_CROPS)
@@ -108,8 +115,21 @@ def parse_args(argv=None):
     distill.add_argument("--distill_data_loss_weight", type=float, default=DISTILL_DATA_LOSS_WEIGHT)
     distill.add_argument("--distill_swd_loss_weight", type=float, default=DISTILL_SWD_LOSS_WEIGHT)
     distill.add_argument("--distill_swd_noise", default=DISTILL_SWD_NOISE, choices=SWD_NOISES)
+    distill.add_argument(
+        "--distill_student_config",
+        default=DISTILL_STUDENT_CONFIG,
+        help=f"distill_dito.py's --student_config: a preset ({', '.join(STUDENT_DECODER_PRESETS)}), a JSON file or a "
+        "JSON object of decoder settings.",
+    )
     distill.add_argument("--teacher_steps", type=int, default=None, help="Default: the model's own steps.")
     return parser.parse_args(argv)
+
+
+def model_source_arguments(args) -> list[str]:
+    """train_dito.py's model flag: `--model_config` where one is given, else the preset."""
+    if args.model_config is not None:
+        return ["--model_config", args.model_config]
+    return ["--model_preset", args.model_preset]
 
 
 def lpips_arguments(args) -> list[str]:
@@ -138,7 +158,7 @@ def main(args) -> Path:
         train_dito.parse_args(
             [
                 "--train_data_dir", str(train_dir),
-                "--model_preset", args.model_preset,
+                *model_source_arguments(args),
                 "--resolution", str(args.resolution),
                 "--train_batch_size", str(args.train_batch_size),
                 "--max_train_steps", str(args.max_train_steps),
@@ -189,6 +209,7 @@ def main(args) -> Path:
     print("  evaluation/sweep.png           PSNR and SWD against decoding steps")
     if args.distill:
         distill(args, pipeline_dir, train_dir, eval_dir, out)
+        print(f"the whole job (training, distillation and both evaluations) took {time.time() - start:.0f} s")
     return out
 
 
@@ -208,6 +229,7 @@ def distill_arguments(args, pipeline_dir: Path, train_dir, student_dir: Path) ->
         "--loss_type", args.distill_loss_type, "--laplacian_fine_weight", str(args.distill_fine_weight),
         "--data_loss_weight", str(args.distill_data_loss_weight),
         "--swd_loss_weight", str(args.distill_swd_loss_weight), "--swd_noise", args.distill_swd_noise,
+        "--student_config", args.distill_student_config,
         "--checkpointing_steps", str(args.distill_steps),
         "--checkpoints_total_limit", "1",
         "--validation_steps", str(args.distill_steps),
@@ -254,6 +276,7 @@ def distill(args, pipeline_dir: Path, train_dir, eval_dir, out: Path) -> dict:
     print("  evaluation-student/            its metrics.json and reconstructions.png")
     timing = json.loads((out / "evaluation" / "timing.json").read_text())
     timing["distill_seconds"] = round(distill_seconds, 1)
+    timing["distill_and_evaluation_seconds"] = round(time.time() - start, 1)
     (out / "evaluation" / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     return result
 

@@ -46,7 +46,8 @@ def test_demo_trains_evaluates_at_the_models_default_steps_draws_a_labelled_grid
     )
     student_metrics = json.loads((out / "evaluation-student" / "metrics.json").read_text())
     assert student_metrics["steps"] == 1 and student_metrics["num_images"] == metrics["num_images"]
-    assert json.loads((out / "evaluation" / "timing.json").read_text())["distill_seconds"] > 0
+    timing = json.loads((out / "evaluation" / "timing.json").read_text())
+    assert 0 < timing["distill_seconds"] <= timing["distill_and_evaluation_seconds"]
     card = (out / "student" / "README.md").read_text()  # the demo's distillation recipe, as the card names it
     assert f"finest band x{demo.DISTILL_FINE_WEIGHT:g}" in card and f"weight {demo.DISTILL_DATA_LOSS_WEIGHT}" in card
     swd_term = f"{demo.DISTILL_SWD_LOSS_WEIGHT:g} x patch SWD ({demo.DISTILL_SWD_NOISE} noise)"
@@ -73,19 +74,42 @@ def test_distill_flags_reach_distill_dito(tmp_path):
         "data_loss_weight": demo.DISTILL_DATA_LOSS_WEIGHT,
         "swd_loss_weight": demo.DISTILL_SWD_LOSS_WEIGHT,
         "swd_noise": demo.DISTILL_SWD_NOISE,
+        "student_config": demo.DISTILL_STUDENT_CONFIG,
         "cache_teacher_targets": True,
         "teacher_steps": None,
     }
     assert {key: getattr(defaults, key) for key in recipe} == recipe
     flags = ["--distill_steps", "7", "--distill_data_loss_weight", "0.25", "--distill_swd_loss_weight", "3"]
     other_noise = "paired" if demo.DISTILL_SWD_NOISE == "fresh" else "fresh"
-    flags += ["--distill_swd_noise", other_noise, "--teacher_steps", "5"]
+    flags += ["--distill_swd_noise", other_noise, "--teacher_steps", "5", "--distill_student_config", "lite"]
     chosen = distill_dito.parse_args(
         demo.distill_arguments(demo.parse_args(flags), tmp_path / "pipeline", tmp_path / "train", tmp_path / "student")
     )
     assert (chosen.max_train_steps, chosen.data_loss_weight, chosen.swd_loss_weight) == (7, 0.25, 3.0)
     assert chosen.swd_noise == other_noise and chosen.teacher_steps == 5 and chosen.checkpointing_steps == 7
+    assert chosen.student_config == "lite"  # checked against the demo's preset by distill_dito's start-up checks
     assert chosen.output_dir == str(tmp_path / "student") and chosen.teacher_model_name_or_path.endswith("pipeline")
+
+
+def test_model_config_replaces_the_preset(tmp_path, monkeypatch):
+    """`--model_config` trains that config.json instead of `--model_preset` (experiments/demo_budget uses it)."""
+    demo = load_script(REPO / "training" / "demo.py")
+    AutoencoderDiTo.from_config(DITO_PRESETS["dito-tiny"]).save_config(tmp_path / "config")
+
+    class Stop(Exception):
+        pass
+
+    def train(args):
+        nonlocal trained
+        trained = args
+        raise Stop
+
+    trained = None
+    monkeypatch.setattr(demo.train_dito, "main", train)
+    argv = ["--output_dir", str(tmp_path / "run"), "--model_config", str(tmp_path / "config")]
+    with pytest.raises(Stop):
+        demo.main(demo.parse_args(argv + ["--num_train_crops", "2", "--num_eval_crops", "2"]))
+    assert trained.model_config == str(tmp_path / "config") and trained.model_preset is None
 
 
 def test_a_bad_flag_is_a_one_line_error(capsys):
