@@ -355,7 +355,9 @@ def test_gpu_check_records_failed_timed_out_and_skipped_sections_and_goes_on(
     sections = report["sections"]
     assert [sections[name]["status"] for name in sections] == ["failed", "timeout", "skipped"]
     assert "RuntimeError: boom" in sections["correctness"]["error"]
-    assert "--matmul_peak_budget_s" in sections["matmul_peak"]["error"] and 5 < sections["matmul_peak"]["seconds"] < 8
+    # It waited its whole budget, then stopped (the section never returns by itself); no upper bound on the time: a
+    # loaded machine delays the alarm's handling, not whether it comes.
+    assert "--matmul_peak_budget_s" in sections["matmul_peak"]["error"] and sections["matmul_peak"]["seconds"] >= 5
     assert sections["correctness"]["rows"] == [{"row": "before the error"}]  # what a section measured is kept
     assert sections["matmul_peak"]["rows"] == [{"row": "before the alarm"}]
     assert report["all_ok"] is False

@@ -262,6 +262,8 @@ def test_bad_student_configs_are_one_line_usage_errors(distill_dito, teacher_dir
         (str(tmp_path / "list.json"), "must hold a JSON object"),
         ('{"decoder_layers_per_block": "1"}', "sets `decoder_layers_per_block` to '1'; it must be int"),
         ('{"decoder_add_attention": 1}', "it must be bool"),
+        ('{"decoder_time_embedding_dim": 0}', "sets `decoder_time_embedding_dim` to 0; it must be at least 1"),
+        ('{"decoder_block_out_channels": []}', "it must list widths of at least 1"),
         ('{"decoder_block_out_channels": [16, 20]}', "must be multiples of `decoder_norm_num_groups` = 8"),
         ('{"decoder_block_out_channels": [16, 32, 32, 32, 32]}', "gives a decoder that cannot be built"),
     ]:

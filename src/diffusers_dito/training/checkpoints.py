@@ -285,8 +285,9 @@ def check_resume_compatible(checkpoint: Path, signature: dict, allow_changed: bo
     if any(d.startswith("model config") for d in differences):
         raise ResumeMismatchError(
             f"{checkpoint} was trained with another model config ({listed}); its weights cannot be resumed into "
-            "this model. Resume with the original --model_preset/--pretrained_model_name_or_path, or start a new "
-            "--output_dir."
+            "this model. Resume with the model flags it was trained with (for train_dito.py --model_preset, "
+            "--model_config or --pretrained_model_name_or_path; for distill_dito.py --student_config), or start a "
+            "new --output_dir."
         )
     if not allow_changed:
         raise ResumeMismatchError(

@@ -277,9 +277,14 @@ def _decoder_setting(name: str, value):
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     if (value is None and type(None) in options) or (isinstance(value, bool) and bool in options):
         return value
+    least = 0 if name == "decoder_freq_shift" else 1  # a width, count or size of 0 builds a degenerate decoder
     if _is_int(value) and int in options:
+        if value < least:
+            raise ValueError(f"sets `{name}` to {value}; it must be at least {least}.")
         return value
     if tuple[int, ...] in options and isinstance(value, list | tuple) and all(_is_int(v) for v in value):
+        if not value or min(value) < 1:
+            raise ValueError(f"sets `{name}` to {list(value)}; it must list widths of at least 1.")
         return tuple(value)
     raise ValueError(f"sets `{name}` to {value!r}; it must be {inspect.formatannotation(annotation)}.")
 
