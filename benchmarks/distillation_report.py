@@ -245,6 +245,11 @@ def error_bands(args, teacher, students: list, teacher_default: int) -> dict:
     return result
 
 
+def teacher_row(rows: list[dict], steps: int) -> dict:
+    """The teacher's row at `steps` decoding steps."""
+    return next(r for r in rows if r["model"] == "teacher" and r["steps"] == steps)
+
+
 def row_label(row: dict) -> str:
     """A row's name in the figures: `student 1 (16,32,64)x1`, or the teacher's decoder and steps."""
     if row["model"] == "teacher":
@@ -252,11 +257,12 @@ def row_label(row: dict) -> str:
     return f"{row['model']} {row['decoder']}"
 
 
-def plot_frontier(rows: list[dict], teacher_default: int, resolutions: list[int], machine: dict, path: Path) -> None:
+def plot_frontier(rows: list[dict], teacher_default: int, timed: dict[int, str], machine: dict, path: Path) -> None:
     """Held-out PSNR against eager decode time over the AutoencoderKL's: the teacher at 1 step and at its default and
-    each student at the held-out images' resolution (`resolutions[0]`, filled), and the students again at each
-    further timed resolution (same PSNR, hollow, another marker). Dashed: the KL's time (x = 1) and the quality floor
-    (the teacher's default PSNR - PSNR_FLOOR_DB). Each point has a short tag; the legend spells out the decoders."""
+    each student at the held-out images' resolution (the first of `timed`, {resolution: its time_over_kl column};
+    filled), and the students again at each further timed resolution (same PSNR, hollow, another marker). Dashed: the
+    KL's time (x = 1) and the quality floor (the teacher's default PSNR - PSNR_FLOOR_DB). Each point has a short
+    tag; the legend spells out the decoders."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,26 +270,26 @@ def plot_frontier(rows: list[dict], teacher_default: int, resolutions: list[int]
 
     fig, ax = plt.subplots(figsize=(11, 5.5), constrained_layout=True)
     for steps, colour in ((teacher_default, "black"), (1, "grey")):
-        row = next(r for r in rows if r["model"] == "teacher" and r["steps"] == steps)
+        row = teacher_row(rows, steps)
         ax.scatter(row["time_over_kl"], row["psnr"], marker="s", color=colour, label=frontier_legend(row))
         tag = f"teacher, {steps} step{'s' if steps > 1 else ''}"  # left of the point: the default is rightmost
         ax.annotate(tag, (row["time_over_kl"], row["psnr"]), xytext=(-6, -4), textcoords="offset points", ha="right")
     markers = ["o", "^", "v", "P", "X", "*"]
     students = [r for r in rows if r["model"] != "teacher"]
     for k, row in enumerate(students):
-        colour, xs = f"C{k % 10}", [row.get(column) for column in frontier_columns(resolutions)]
-        timed = [(j, x) for j, x in enumerate(xs) if x is not None]
-        ax.plot([x for _, x in timed], [row["psnr"]] * len(timed), color=colour, alpha=0.3, linewidth=1)  # pairs
-        for j, x in timed:
+        colour, xs = f"C{k % 10}", [row.get(column) for column in timed.values()]
+        points = [(j, x) for j, x in enumerate(xs) if x is not None]
+        ax.plot([x for _, x in points], [row["psnr"]] * len(points), color=colour, alpha=0.3, linewidth=1)  # pairs
+        for j, x in points:
             style = {"color": colour} if j == 0 else {"facecolors": "none", "edgecolors": colour}
             label = frontier_legend(row) if j == 0 else None
             ax.scatter(x, row["psnr"], marker=markers[j % len(markers)], label=label, **style)
         # one tag per student, at the data's resolution; its other points share its colour and PSNR
         ax.annotate(row["model"], (xs[0], row["psnr"]), xytext=(5, 5), textcoords="offset points", color=colour)
-    for j, resolution in enumerate(resolutions):  # what each marker means, in the legend
+    for j, resolution in enumerate(timed):  # what each marker means, in the legend
         style = {"color": "black"} if j == 0 else {"facecolors": "none", "edgecolors": "black"}
         ax.scatter([], [], marker=markers[j % len(markers)], label=f"students at {resolution}²", **style)
-    teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
+    teacher = teacher_row(rows, teacher_default)
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="AutoencoderKL decode (x = 1)")
     floor = f"teacher default - {PSNR_FLOOR_DB} dB (quality floor)"
     ax.axhline(teacher["psnr"] - PSNR_FLOOR_DB, color="red", linestyle="--", linewidth=1, label=floor)
@@ -298,11 +304,6 @@ def plot_frontier(rows: list[dict], teacher_default: int, resolutions: list[int]
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"wrote {path}")
-
-
-def frontier_columns(resolutions: list[int]) -> list[str]:
-    """The time_over_kl column of each timed resolution, the held-out images' (the first) without a suffix."""
-    return ["time_over_kl", *(f"time_over_kl_{resolution}" for resolution in resolutions[1:])]
 
 
 def frontier_legend(row: dict) -> str:
@@ -351,14 +352,14 @@ def verdicts(
     eager mode, and again for each other `speed_options` entry, both sides treated alike. Then, on the best student
     (`best_student`; None if no student qualifies), the eager decode against the AutoencoderKL's at each resolution
     of `timed` ({resolution: its time_over_kl column})."""
-    teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
-    teacher_one = next(r for r in rows if r["model"] == "teacher" and r["steps"] == 1)
+    teacher, teacher_one = teacher_row(rows, teacher_default), teacher_row(rows, 1)
     student = next(r for r in rows if r["model"].startswith("student"))
+    low, high = HF_RATIO_RANGE
     checks = [
         ("PSNR >= teacher default - 0.3 dB", lambda: student["psnr"] >= teacher["psnr"] - 0.3),
         ("PSNR >= teacher 1 step + 1 dB", lambda: student["psnr"] >= teacher_one["psnr"] + 1.0),
         ("SWD <= 1.05 x teacher default", lambda: student["swd"] <= 1.05 * teacher["swd"]),
-        ("HF ratio in [0.7, 1.4]", lambda: 0.7 <= student["hf_energy_ratio"] <= 1.4),
+        (f"HF ratio in {list(HF_RATIO_RANGE)}", lambda: low <= student["hf_energy_ratio"] <= high),
         ("decode <= 1.3 x AutoencoderKL", lambda: student["time_over_kl"] <= 1.3),
         *[
             (f"decode <= 1.3 x AutoencoderKL, both {option}", lambda o=option: student[f"time_over_kl_{o}"] <= 1.3)
@@ -391,7 +392,7 @@ def best_student(rows: list[dict], teacher_default: int) -> dict | None:
     """The student row with the fastest eager decode (over the AutoencoderKL's, at the held-out images' resolution)
     among those within PSNR_FLOOR_DB of the teacher's default PSNR and with a high-frequency ratio in HF_RATIO_RANGE;
     None if no student is, or a metric is missing."""
-    teacher = next(r for r in rows if r["model"] == "teacher" and r["steps"] == teacher_default)
+    teacher = teacher_row(rows, teacher_default)
     if teacher["psnr"] is None:
         return None
     low, high = HF_RATIO_RANGE
@@ -457,7 +458,7 @@ def main(args) -> dict:
     spreads = spread(args, rows, teacher_default) if args.spread_seeds else []
     bands = error_bands(args, teacher, students, teacher_default)
     machine = machine_info(torch.device("cpu"))
-    plot_frontier(rows, teacher_default, list(timed), machine, output_dir / "frontier.png")
+    plot_frontier(rows, teacher_default, timed, machine, output_dir / "frontier.png")
     print(f"\n## distillation: teacher {args.teacher} (default {teacher_default} steps), {machine}\n")
     print(markdown_table([{k: v for k, v in row.items() if k != "folder"} for row in rows]))
     print()
